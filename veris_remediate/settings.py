@@ -1,0 +1,65 @@
+"""One Settings value for the whole library; environment variables map onto it here only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from .exceptions import UsageError
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "veris-remediate"
+
+
+class Settings(BaseModel):
+    """Everything tunable. Passed explicitly; there is no module-level instance."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    state_dir: Path = Field(default_factory=default_state_dir)
+    # Lab root file systems are large and slow to build: keep them outside the state dir
+    # so several state dirs (tests, demo) share one cache.
+    lab_cache_dir: Path = Path("/var/cache/veris-remediate")
+    rules_file: Path | None = None
+    confidence_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    job_timeout: int = Field(default=300, ge=10)
+    idle_timeout: int = Field(default=120, ge=5)
+    health_retries: int = Field(default=10, ge=1, le=120)
+    health_delay: int = Field(default=1, ge=1, le=30)
+    settle_seconds: int = Field(default=2, ge=0, le=60)
+    max_hosts: int = Field(default=1, ge=1)
+    history_hours: int = Field(default=24, ge=1)
+
+
+# Every environment variable the library reads, and the Settings field it sets.
+ENV_MAP: Mapping[str, str] = {
+    "VERIS_STATE_DIR": "state_dir",
+    "VERIS_LAB_CACHE": "lab_cache_dir",
+    "VERIS_RULES_FILE": "rules_file",
+    "VERIS_CONFIDENCE_THRESHOLD": "confidence_threshold",
+    "VERIS_JOB_TIMEOUT": "job_timeout",
+    "VERIS_IDLE_TIMEOUT": "idle_timeout",
+    "VERIS_HEALTH_RETRIES": "health_retries",
+    "VERIS_HEALTH_DELAY": "health_delay",
+    "VERIS_SETTLE_SECONDS": "settle_seconds",
+    "VERIS_MAX_HOSTS": "max_hosts",
+    "VERIS_HISTORY_HOURS": "history_hours",
+}
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from ``environ`` (default: the process environment) plus explicit overrides."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {
+        field: env[name] for name, field in ENV_MAP.items() if env.get(name)
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings.model_validate(values)
+    except PydanticValidationError as exc:
+        raise UsageError(f"invalid settings: {exc}") from exc
