@@ -1,0 +1,334 @@
+"""Read the operator's Ansible inventory and the services each host lets veris touch.
+
+The inventory file is trusted, but ``veris_services`` decides what a fix may restart,
+delete or open, so every entry is validated strictly and a bad one stops the load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from .exceptions import InventoryError
+
+SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
+# The unit reaches systemctl as an argument: it must not start with "-".
+UNIT = re.compile(
+    r"[A-Za-z0-9@._:\\][A-Za-z0-9@._:\\-]{0,199}\.(service|socket|target|timer|mount)"
+)
+CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+PATH_CHARS = re.compile(r"/[A-Za-z0-9._@%+=:,~/-]{1,4095}")
+URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]{1,2048}")
+# Split on spaces and run as argv: only characters no shell would ever interpret.
+VALIDATE_CHARS = re.compile(r"[A-Za-z0-9 _./:=,@%+-]{1,512}")
+# Cache clearing deletes inside cache_dirs; these would take a system down with them.
+_SYSTEM_DIRS = """
+    / /bin /boot /dev /etc /home /lib /lib32 /lib64 /media /mnt /opt /proc /root /run /sbin
+    /snap /srv /sys /tmp /usr /usr/bin /usr/lib /usr/local /usr/sbin /usr/share /var
+    /var/cache /var/lib /var/log /var/spool /var/tmp
+"""
+SYSTEM_DIRS = frozenset(_SYSTEM_DIRS.split())
+VIRTUAL_ROOTS = ("/proc/", "/sys/", "/dev/", "/boot/")
+# Groups every host is in implicitly; they say nothing about the host.
+IMPLICIT_GROUPS = frozenset({"all", "ungrouped"})
+TIMEOUT_SECONDS = 120
+
+
+def _absolute_path(value: str, field: str) -> str:
+    if not PATH_CHARS.fullmatch(value):
+        raise ValueError(
+            f"{field} entry {value!r} must be an absolute path of [A-Za-z0-9._@%+=:,~/-]"
+        )
+    if ".." in value.split("/") or posixpath.normpath(value) != value:
+        raise ValueError(
+            f"{field} entry {value!r} must be normalised (no '..', '//', trailing '/')"
+        )
+    return value
+
+
+with warnings.catch_warnings():
+    # The inventory key is ``validate`` (as in Ansible's own ``validate:``). As a field it
+    # shadows pydantic v1's deprecated BaseModel.validate, which nothing here calls;
+    # pydantic warns about that once, at class creation, and only here.
+    warnings.filterwarnings("ignore", 'Field name "validate"', UserWarning)
+
+    class _ValidateField(BaseModel):
+        model_config = ConfigDict(frozen=True, extra="forbid")
+
+        validate: StrictStr | None = None  # type: ignore[assignment]
+
+
+class ServiceSpec(_ValidateField):
+    """One entry of ``veris_services``: a service this host allows fixes to act on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: StrictStr
+    unit: StrictStr
+    container: StrictStr | None = None
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
+    health_url: StrictStr | None = None
+    public: StrictBool = False
+    depends_on: tuple[StrictStr, ...] = ()
+    config_files: tuple[StrictStr, ...] = ()
+    # validate: str | None, inherited from _ValidateField
+    cache_dirs: tuple[StrictStr, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not SERVICE_NAME.fullmatch(value):
+            raise ValueError("service name must match [a-z0-9][a-z0-9_.@-]{0,63}")
+        return value
+
+    @field_validator("depends_on")
+    @classmethod
+    def _depends_on(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not SERVICE_NAME.fullmatch(name):
+                raise ValueError(f"depends_on entry {name!r} is not a service name")
+        return value
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, value: str) -> str:
+        if not UNIT.fullmatch(value):
+            raise ValueError(
+                f"unit {value!r} must be a systemd unit name ending in "
+                ".service/.socket/.target/.timer/.mount"
+            )
+        return value
+
+    @field_validator("container")
+    @classmethod
+    def _container(cls, value: str | None) -> str | None:
+        if value is not None and not CONTAINER.fullmatch(value):
+            raise ValueError(f"container {value!r} is not a Docker container name")
+        return value
+
+    @field_validator("health_url")
+    @classmethod
+    def _health_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value) if URL_CHARS.fullmatch(value) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"health_url {value[:80]!r} must be a plain http:// or https:// URL")
+        return value
+
+    @field_validator("config_files")
+    @classmethod
+    def _config_files(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_absolute_path(path, "config_files") for path in value)
+
+    @field_validator("cache_dirs")
+    @classmethod
+    def _cache_dirs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            _absolute_path(path, "cache_dirs")
+            if path in SYSTEM_DIRS or path.startswith(VIRTUAL_ROOTS):
+                raise ValueError(f"cache_dirs entry {path!r} is a system directory")
+        return value
+
+    @field_validator("validate")
+    @classmethod
+    def _validate_command(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not VALIDATE_CHARS.fullmatch(value) or value.startswith(("-", " ")):
+            raise ValueError(
+                f"validate {value[:80]!r} may only use [A-Za-z0-9 _./:=,@%+-]: it is run "
+                "as argv, never through a shell"
+            )
+        if "%s" not in value or "%" in value.replace("%s", ""):
+            raise ValueError("validate must contain %s (the file to check) and no other %")
+        return value
+
+
+class InventoryHost(BaseModel):
+    """A host of the inventory and the services it declares (possibly none)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    address: str | None  # ansible_host, when set
+    groups: tuple[str, ...]
+    services: dict[str, ServiceSpec]
+
+
+class Inventory(BaseModel):
+    """Every host of the operator's inventory sources."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sources: tuple[Path, ...]
+    hosts: dict[str, InventoryHost]
+
+
+def parse_inventory_listing(listing: Mapping[str, Any], sources: Sequence[Path]) -> Inventory:
+    """Build an Inventory from the JSON of ``ansible-inventory --list`` (no I/O)."""
+    meta = listing.get("_meta")
+    hostvars = meta.get("hostvars") if isinstance(meta, Mapping) else None
+    if not isinstance(hostvars, Mapping):
+        raise InventoryError("inventory listing has no _meta.hostvars mapping")
+    groups = _host_groups(listing)
+    hosts: dict[str, InventoryHost] = {}
+    for name in sorted(set(hostvars) | set(groups)):
+        variables = hostvars.get(name) or {}
+        if not isinstance(variables, Mapping):
+            raise InventoryError(f"host {name}: host variables are not a mapping")
+        address = variables.get("ansible_host")
+        if address is not None and not isinstance(address, str):
+            raise InventoryError(f"host {name}: ansible_host must be a string")
+        hosts[name] = InventoryHost(
+            name=name,
+            address=address,
+            groups=tuple(sorted(groups.get(name, set()) - IMPLICIT_GROUPS)),
+            services=_services(name, variables.get("veris_services")),
+        )
+    return Inventory(sources=tuple(sources), hosts=hosts)
+
+
+def _host_groups(listing: Mapping[str, Any]) -> dict[str, set[str]]:
+    """Every group each host belongs to, directly or through a parent group."""
+    parents: dict[str, set[str]] = {}
+    direct: dict[str, set[str]] = {}
+    for group, body in listing.items():
+        if group == "_meta" or not isinstance(body, Mapping):
+            continue
+        for child in body.get("children", []):
+            parents.setdefault(child, set()).add(group)
+        for host in body.get("hosts", []):
+            direct.setdefault(host, set()).add(group)
+    result: dict[str, set[str]] = {}
+    for host, groups in direct.items():
+        seen: set[str] = set()
+        pending = list(groups)
+        while pending:
+            group = pending.pop()
+            if group not in seen:
+                seen.add(group)
+                pending.extend(parents.get(group, ()))
+        result[host] = seen
+    return result
+
+
+def _services(host: str, raw: object) -> dict[str, ServiceSpec]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise InventoryError(f"host {host}: veris_services must be a mapping of service names")
+    services: dict[str, ServiceSpec] = {}
+    for name, body in raw.items():
+        where = f"host {host}, veris_services entry {str(name)[:80]!r}"
+        settings = {} if body is None else body
+        if not isinstance(name, str) or not isinstance(settings, Mapping):
+            raise InventoryError(f"{where}: must be a name mapped to a mapping of settings")
+        if "name" in settings:
+            raise InventoryError(f"{where}: 'name' is not a setting; the key is the name")
+        values = {"unit": f"{name}.service", **settings, "name": name}
+        try:
+            services[name] = ServiceSpec.model_validate(values)
+        except PydanticValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise InventoryError(f"{where}: {problems}") from exc
+    probe = InventoryHost(name=host, address=None, groups=(), services=services)
+    for name in services:  # a restart order that cannot be computed is an inventory bug
+        try:
+            dependency_order(probe, name)
+        except InventoryError as exc:
+            detail = exc.message.removeprefix(f"host {host}: ")
+            raise InventoryError(f"host {host}, veris_services entry {name!r}: {detail}") from exc
+    return services
+
+
+def load_inventory(sources: Sequence[Path]) -> Inventory:
+    """Run ``ansible-inventory --list`` over the sources and parse its JSON."""
+    if not sources:
+        raise InventoryError("no inventory source given")
+    for source in sources:
+        if not source.exists():
+            raise InventoryError(f"inventory source {source} does not exist")
+    argv = [_ansible_inventory()]
+    for source in sources:
+        argv += ["-i", str(source)]
+    argv.append("--list")
+    # Without these, a source no plugin can parse is only a warning and an empty inventory.
+    env = {
+        **os.environ,
+        "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true",
+        "ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED": "true",
+        "ANSIBLE_NOCOLOR": "true",
+    }
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InventoryError(f"could not run ansible-inventory: {exc}") from exc
+    if done.returncode != 0:
+        raise InventoryError(
+            f"ansible-inventory failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+        )
+    try:
+        listing = json.loads(done.stdout)
+    except ValueError as exc:
+        raise InventoryError(f"ansible-inventory printed no JSON: {exc}") from exc
+    if not isinstance(listing, Mapping):
+        raise InventoryError("ansible-inventory printed JSON that is not an object")
+    return parse_inventory_listing(listing, sources)
+
+
+def _ansible_inventory() -> str:
+    # The ansible installed with this package first, so a virtualenv needs no PATH setup.
+    beside = Path(sys.executable).parent / "ansible-inventory"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("ansible-inventory")
+    if found is None:
+        raise InventoryError(
+            "ansible-inventory not found next to the Python interpreter or on PATH"
+        )
+    return found
+
+
+def dependency_order(host: InventoryHost, service: str) -> list[ServiceSpec]:
+    """The service's dependencies, transitively and dependencies first, then the service."""
+    order: list[ServiceSpec] = []
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            cycle = " -> ".join((*path[path.index(name) :], name))
+            raise InventoryError(f"host {host.name}: depends_on cycle {cycle}")
+        if name in done:
+            return
+        spec = host.services.get(name)
+        if spec is None:
+            needed_by = f" (needed by {path[-1]})" if path else ""
+            raise InventoryError(
+                f"host {host.name}: service {name}{needed_by} is not declared in veris_services"
+            )
+        for dependency in spec.depends_on:
+            visit(dependency, (*path, name))
+        done.add(name)
+        order.append(spec)
+
+    visit(service, ())
+    return order

@@ -1,0 +1,274 @@
+"""Route a validated alert on a resolved host to a workflow, a fix and a declared service.
+
+Rules come from a YAML file (the shipped default or the operator's own); the first
+rule that matches wins. Alert labels only *select* among the services the host
+declares in ``veris_services``; they can never add one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from .alerts import Alert, shown
+from .exceptions import NoRuleError, RoutingError, UsageError
+from .inventory import Inventory, InventoryHost, ServiceSpec
+from .resources import default_rules_file
+from .targeting import Target
+
+WORKFLOWS = frozenset(
+    {"service_health", "database_connectivity", "performance", "security", "firewall", "general"}
+)
+KNOWN_FIXES = frozenset({"service_restart"})  # fixes implemented today; more come later
+# A service or name label is a claim about *which* service failed: if the host does not
+# declare it, refuse. Other labels (job: blackbox-http) merely might name a service.
+AUTHORITATIVE_LABELS = frozenset({"service", "name"})
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
+RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+ParamValue = StrictStr | StrictBool | StrictInt
+
+
+class Rule(BaseModel):
+    """One routing rule: which alerts it matches and what they are routed to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: StrictStr
+    match_alertnames: tuple[StrictStr, ...] = ()
+    match_labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    workflow: StrictStr
+    fix: StrictStr | None = None
+    service_labels: tuple[StrictStr, ...] = ("service", "name", "job")
+    params: dict[StrictStr, ParamValue] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not RULE_NAME.fullmatch(value):
+            raise ValueError("rule name must match [A-Za-z0-9][A-Za-z0-9_.-]*")
+        return value
+
+    @field_validator("workflow")
+    @classmethod
+    def _workflow(cls, value: str) -> str:
+        if value not in WORKFLOWS:
+            raise ValueError(f"workflow {value!r} is not one of {sorted(WORKFLOWS)}")
+        return value
+
+    @field_validator("fix")
+    @classmethod
+    def _fix(cls, value: str | None) -> str | None:
+        if value is not None and value not in KNOWN_FIXES:
+            raise ValueError(f"fix {value!r} is not one of {sorted(KNOWN_FIXES)} (or null)")
+        return value
+
+    @field_validator("match_labels")
+    @classmethod
+    def _match_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not IDENTIFIER.fullmatch(key):
+                raise ValueError(f"match_labels key {key!r} is not a label name")
+        return value
+
+    @field_validator("service_labels")
+    @classmethod
+    def _service_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            if not IDENTIFIER.fullmatch(key):
+                raise ValueError(f"service_labels entry {key!r} is not a label name")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        for key, item in value.items():
+            if not IDENTIFIER.fullmatch(key):
+                raise ValueError(f"params key {key!r} is not an identifier")
+            # Params travel to Ansible as data; a template in one would be a trap.
+            if isinstance(item, str) and any(m in item for m in ("{{", "{%", "{#")):
+                raise ValueError(f"params.{key} contains a Jinja2 delimiter")
+        return value
+
+    def matches(self, alert: Alert) -> bool:
+        if not self.match_alertnames and not self.match_labels:
+            return False  # load_rules refuses such rules; never match everything by accident
+        if self.match_alertnames and not any(
+            _name_matches(alert, pattern) for pattern in self.match_alertnames
+        ):
+            return False
+        return all(alert.labels.get(k) == v for k, v in self.match_labels.items())
+
+
+def _name_matches(alert: Alert, pattern: str) -> bool:
+    if alert.name == pattern:
+        return True
+    # Sentinel check ids grow suffixes (S1-probes-liveness); "S1-probes" or "S1" cover
+    # them, but "S1" never covers "S11-firewall-status".
+    return alert.source == "sentinel" and alert.name.startswith(pattern + "-")
+
+
+class RuleSet(BaseModel):
+    """The ordered routing rules; the first match wins."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rules: tuple[Rule, ...]
+
+
+class Route(BaseModel):
+    """An alert routed: the host, the workflow, the fix and the declared service."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alert: Alert
+    target: Target
+    rule: str
+    workflow: str
+    fix: str | None
+    service: ServiceSpec
+    params: dict[str, str | int | bool]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice (YAML would keep the last silently)."""
+
+
+def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    keys = [loader.construct_object(key, deep=True) for key, _ in node.value]
+    duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate key(s) {', '.join(duplicates)}", node.start_mark
+        )
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_rules(path: Path | None) -> RuleSet:
+    """Load and validate a rules file; None means the shipped default rules."""
+    source = default_rules_file() if path is None else path
+    try:
+        document = yaml.load(source.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except OSError as exc:
+        raise UsageError(f"rules file {source}: cannot read it: {exc.strerror}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"rules file {source}: not valid YAML: {exc}") from exc
+    if not isinstance(document, dict) or set(document) - {"version", "rules"}:
+        raise UsageError(f"rules file {source}: expected a mapping with 'version: 1' and 'rules'")
+    if document.get("version") != 1:
+        raise UsageError(f"rules file {source}: version must be 1")
+    items = document.get("rules")
+    if not isinstance(items, list) or not items:
+        raise UsageError(f"rules file {source}: 'rules' must be a non-empty list")
+    rules: list[Rule] = []
+    for index, item in enumerate(items):
+        try:
+            rule = Rule.model_validate(item)
+        except PydanticValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'rule'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise UsageError(f"rules file {source}: rules[{index}]: {problems}") from exc
+        if not rule.match_alertnames and not rule.match_labels:
+            raise UsageError(
+                f"rules file {source}: rule {rule.name} needs match_alertnames or match_labels"
+            )
+        if any(r.name == rule.name for r in rules):
+            raise UsageError(f"rules file {source}: rule name {rule.name} is used twice")
+        rules.append(rule)
+    return RuleSet(rules=tuple(rules))
+
+
+def route_alert(alert: Alert, target: Target, inventory: Inventory, rules: RuleSet) -> Route:
+    """The first matching rule, applied to the alert's host and one declared service."""
+    rule = next((r for r in rules.rules if r.matches(alert)), None)
+    if rule is None:
+        raise NoRuleError(f"no routing rule matches alert {alert.name}; a human must look")
+    host = inventory.hosts.get(target.host)
+    if host is None:
+        raise RoutingError(f"host {target.host} is not in the inventory")
+    service = _select_service(alert, target, host, rule)
+    return Route(
+        alert=alert,
+        target=target,
+        rule=rule.name,
+        workflow=rule.workflow,
+        fix=rule.fix,
+        service=service,
+        params=dict(rule.params),
+    )
+
+
+def _select_service(alert: Alert, target: Target, host: InventoryHost, rule: Rule) -> ServiceSpec:
+    for label in rule.service_labels:
+        value = alert.labels.get(label)
+        if value is None:
+            continue
+        spec = _declared(host, value)
+        if spec is not None:
+            return spec
+        if label in AUTHORITATIVE_LABELS:
+            raise RoutingError(
+                f"service {shown(value)} (label {label}) is not declared in veris_services "
+                f"of host {host.name}"
+            )
+    if target.port is not None:
+        by_port = [s for s in host.services.values() if s.port == target.port]
+        if len(by_port) == 1:
+            return by_port[0]
+    wanted = rule.params.get("service")
+    if isinstance(wanted, str):
+        spec = _declared(host, wanted)
+        if spec is None:
+            raise RoutingError(
+                f"service {wanted} (rule {rule.name}) is not declared in veris_services "
+                f"of host {host.name}"
+            )
+        return spec
+    if len(host.services) == 1:
+        return next(iter(host.services.values()))
+    problem = (
+        f"host {host.name} declares no veris_services"
+        if not host.services
+        else f"alert {alert.name} does not say which of the services of host {host.name} "
+        f"({', '.join(sorted(host.services))}) it is about"
+    )
+    if rule.fix is None:
+        # Nothing would be fixed anyway: the alert is valid, a human must look.
+        raise NoRuleError(f"{problem}; rule {rule.name} has no automatic fix")
+    raise RoutingError(problem)
+
+
+def _declared(host: InventoryHost, value: str) -> ServiceSpec | None:
+    """The declared service a label value names, by service name or by unit name."""
+    if value in host.services:
+        return host.services[value]
+    for spec in host.services.values():
+        if spec.unit == value:
+            return spec
+    stem = value.removesuffix(".service")
+    if stem != value and stem in host.services:
+        return host.services[stem]  # redis-server.service names redis-server
+    return None
+
+
+def dedupe_routes(routes: Sequence[Route]) -> list[Route]:
+    """One route per host, fix and service; the first one of each is kept."""
+    seen: set[tuple[str, ...]] = set()
+    unique: list[Route] = []
+    for route in routes:
+        # Diagnosis-only routes (fix null) of different workflows are different work.
+        key = (route.target.host, route.fix or f"diagnose:{route.workflow}", route.service.name)
+        if key not in seen:
+            seen.add(key)
+            unique.append(route)
+    return unique
