@@ -31,8 +31,8 @@ class Settings(BaseModel):
     idle_timeout: int = Field(default=120, ge=5)
     health_retries: int = Field(default=10, ge=1, le=120)
     health_delay: int = Field(default=1, ge=1, le=30)
-    settle_seconds: int = Field(default=2, ge=0, le=60)
-    max_hosts: int = Field(default=1, ge=1)
+    settle_seconds: int = Field(default=1, ge=0, le=60)
+    max_hosts: int = Field(default=3, ge=1)
     history_hours: int = Field(default=24, ge=1)
 
 

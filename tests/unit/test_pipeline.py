@@ -1,0 +1,162 @@
+"""The whole loop with recorded real event streams in place of ansible-runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import EXAMPLES, FIXTURES
+from tests.unit.recorded import RecordedExecutor, recorded_report
+from veris_remediate.audit import AuditLog
+from veris_remediate.inventory import Inventory, parse_inventory_listing
+from veris_remediate.pipeline import Remediator
+from veris_remediate.settings import Settings
+
+ALERT = (EXAMPLES / "alertmanager-nginx-down.json").read_bytes()
+
+
+def _inventory() -> Inventory:
+    listing: dict[str, Any] = json.loads((FIXTURES / "inventory" / "lab.listing.json").read_text())
+    return parse_inventory_listing(listing, [FIXTURES / "inventory" / "lab.yml"])
+
+
+def _remediator(tmp_path: Path, scenario: str) -> tuple[Remediator, RecordedExecutor]:
+    executor = RecordedExecutor(scenario)
+    return Remediator(_inventory(), Settings(state_dir=tmp_path), executor=executor), executor
+
+
+@pytest.mark.parametrize(
+    ("scenario", "outcome", "exit_code", "phases"),
+    [
+        ("resolved", "resolved", 0, ["check", "apply"]),
+        ("not_needed", "not_needed", 0, ["check"]),
+        ("bad_config", "escalated", 4, ["check"]),
+        ("rolled_back", "rolled_back", 5, ["check", "apply", "rollback"]),
+        ("unreachable", "failed", 6, ["check"]),
+    ],
+)
+def test_recorded_scenarios_reach_the_recorded_outcome(
+    tmp_path: Path, scenario: str, outcome: str, exit_code: int, phases: list[str]
+) -> None:
+    remediator, executor = _remediator(tmp_path, scenario)
+    report = remediator.handle(ALERT)
+    assert report.outcome == outcome
+    assert report.exit_code == exit_code
+    assert [r.phase for r in executor.requests] == phases
+    assert report.outcome == recorded_report(scenario)["outcome"]
+    assert report.rolled_back is (outcome == "rolled_back")
+    assert report.hosts == ("lab1",)
+    assert AuditLog(tmp_path / "audit.jsonl").verify().ok
+
+
+def test_requests_carry_no_alert_data_and_vars_are_unsafe(tmp_path: Path) -> None:
+    remediator, executor = _remediator(tmp_path, "resolved")
+    remediator.handle(ALERT)
+    check, apply = executor.requests
+    assert check.check is True
+    assert apply.check is False
+    assert check.playbook.name == apply.playbook.name == "service_restart.yml"
+    assert check.inventories[-1].name == "target_inventory.yml"
+    extravars = (apply.private_data_dir / "env" / "extravars").read_text()
+    assert "veris_target_healthy: false" in extravars
+    assert '!unsafe "HTTP probe of http://lab1/ failing for 10s"' in extravars
+    # The request itself holds only our paths and settings.
+    dumped = apply.model_dump_json()
+    assert "HTTP probe" not in dumped
+
+
+def test_check_only_stops_before_apply(tmp_path: Path) -> None:
+    remediator, executor = _remediator(tmp_path, "resolved")
+    report = remediator.handle(ALERT, check_only=True)
+    assert report.outcome == "previewed"
+    assert report.exit_code == 0
+    assert [r.phase for r in executor.requests] == ["check"]
+
+
+def test_a_rollback_makes_the_next_decision_escalate(tmp_path: Path) -> None:
+    remediator, _ = _remediator(tmp_path, "rolled_back")
+    assert remediator.handle(ALERT).outcome == "rolled_back"
+    again, executor = _remediator(tmp_path, "resolved")
+    report = again.handle(ALERT)
+    assert report.outcome == "escalated"
+    assert [r.phase for r in executor.requests] == ["check"]
+    assert any("rolled back 1 time" in r for r in report.reasons)
+
+
+def test_brake_blocks_before_any_run(tmp_path: Path) -> None:
+    remediator, executor = _remediator(tmp_path, "resolved")
+    remediator.workspace.engage_brake("incident 42")
+    report = remediator.handle(ALERT)
+    assert report.outcome == "blocked"
+    assert report.exit_code == 7
+    assert executor.requests == []
+
+
+def test_busy_host_escalates(tmp_path: Path) -> None:
+    remediator, executor = _remediator(tmp_path, "resolved")
+    with remediator.workspace.host_lock("lab1"):
+        report = remediator.handle(ALERT)
+    assert report.outcome == "escalated"
+    assert "in progress" in report.reasons[0]
+    assert executor.requests == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        ALERT.replace(b'"service": "nginx"}', b"\"service\": \"{{ lookup('pipe', 'id') }}\"}"),
+        ALERT.replace(b"http://lab1/", b"all"),
+        ALERT.replace(b"http://lab1/", b"http://lab9/"),
+    ],
+)
+def test_rejected_payloads_run_nothing_and_are_audited(tmp_path: Path, payload: bytes) -> None:
+    remediator, executor = _remediator(tmp_path, "resolved")
+    report = remediator.handle(payload)
+    assert report.outcome == "rejected"
+    assert report.exit_code == 3
+    assert executor.requests == []
+    kinds = [r["kind"] for r in AuditLog(tmp_path / "audit.jsonl").records()]
+    assert "alert.rejected" in kinds
+    assert kinds[-1] == "run.finished"
+
+
+def test_resolved_only_payload_is_not_needed(tmp_path: Path) -> None:
+    data = json.loads(ALERT)
+    data["status"] = "resolved"
+    data["alerts"][0]["status"] = "resolved"
+    remediator, executor = _remediator(tmp_path, "resolved")
+    report = remediator.handle(json.dumps(data))
+    assert report.outcome == "not_needed"
+    assert executor.requests == []
+
+
+def test_blast_radius_cap(tmp_path: Path) -> None:
+    data = json.loads(ALERT)
+    second = json.loads(json.dumps(data["alerts"][0]))
+    second["labels"]["instance"] = "http://lab2/"
+    second["fingerprint"] = "1234567890abcdef"
+    data["alerts"].append(second)
+    executor = RecordedExecutor("resolved")
+    remediator = Remediator(
+        _inventory(), Settings(state_dir=tmp_path, max_hosts=1), executor=executor
+    )
+    report = remediator.handle(json.dumps(data))
+    assert report.outcome == "escalated"
+    assert "blast-radius" in report.reasons[0]
+    assert executor.requests == []
+
+
+def test_report_is_stored_and_reloadable(tmp_path: Path) -> None:
+    from veris_remediate.report import RunReport, to_markdown
+
+    remediator, _ = _remediator(tmp_path, "rolled_back")
+    report = remediator.handle(ALERT)
+    stored = RunReport.model_validate(remediator.workspace.read_record(report.run_id, "report"))
+    assert stored == report
+    md = to_markdown(stored)
+    assert "**rolled_back**" in md
+    assert "| rollback |" in md

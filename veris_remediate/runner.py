@@ -1,0 +1,147 @@
+"""The only module that starts ansible-runner: run one prepared step, fold its events."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from .events import EventFolder, RunSummary
+from .exceptions import RunnerError
+
+RunStatus = Literal["successful", "failed", "timeout", "canceled", "error"]
+
+
+class RunRequest(BaseModel):
+    """One playbook run. Nothing alert-derived is in here: that lives in env/extravars."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    phase: str
+    private_data_dir: Path
+    playbook: Path
+    inventories: tuple[Path, ...]
+    check: bool
+    roles_path: Path
+    control_dir: Path
+    job_timeout: int
+    idle_timeout: int
+
+
+class RunResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    phase: str
+    status: RunStatus
+    rc: int | None
+    seconds: float
+    summary: RunSummary
+
+
+class Executor(Protocol):
+    def run(self, request: RunRequest) -> RunResult: ...
+
+
+def tool_path(name: str) -> str:
+    """An Ansible executable next to the running interpreter (an unactivated venv), else PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise RunnerError(f"{name} not found next to {sys.executable} or on PATH")
+    return found
+
+
+def ansible_env(request: RunRequest) -> dict[str, str]:
+    """Environment for ansible-playbook: fast SSH, no fact gathering, our roles only."""
+    bindir = str(Path(sys.executable).parent)
+    return {
+        "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        "ANSIBLE_ROLES_PATH": str(request.roles_path),
+        "ANSIBLE_GATHERING": "explicit",
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s",
+        # Steps of one run share one SSH master: one handshake per host per run.
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(request.control_dir),
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+        "ANSIBLE_TIMEOUT": "10",
+    }
+
+
+class AnsibleRunnerExecutor:
+    """Runs steps with ansible-runner; ``cancel`` is polled while a run is in flight."""
+
+    def __init__(self, cancel: Callable[[], bool] | None = None) -> None:
+        self._cancel = cancel
+
+    def run(self, request: RunRequest) -> RunResult:
+        import ansible_runner  # only here: importing it costs time and the rest never needs it
+
+        tool_path("ansible-playbook")  # fail clearly before ansible-runner fails obscurely
+
+        folder = EventFolder(check=request.check)
+        started = time.monotonic()
+        kwargs: dict[str, Any] = {
+            "private_data_dir": str(request.private_data_dir),
+            "playbook": str(request.playbook),
+            "inventory": [str(p) for p in request.inventories],
+            # Not `binary=`: that switches ansible-runner to raw mode and drops the playbook.
+            # PATH in envvars puts the interpreter's own ansible-playbook first instead.
+            "envvars": ansible_env(request),
+            "event_handler": folder,
+            "quiet": True,
+            # ansible-runner would otherwise copy the whole environment and argv to disk.
+            "suppress_env_files": True,
+            "timeout": request.job_timeout,
+            "settings": {"idle_timeout": request.idle_timeout, "suppress_ansible_output": True},
+            "ident": request.phase,
+        }
+        if request.check:
+            kwargs["cmdline"] = "--check --diff"
+        if self._cancel is not None:
+            kwargs["cancel_callback"] = self._cancel
+        try:
+            result = ansible_runner.run(**kwargs)
+        except Exception as exc:  # ansible-runner raises bare ConfigurationError/OSError types
+            raise RunnerError(
+                f"ansible-runner could not run {request.playbook.name}: {exc}"
+            ) from exc
+        return RunResult(
+            phase=request.phase,
+            status=_status(result.status),
+            rc=result.rc if isinstance(result.rc, int) else None,
+            seconds=round(time.monotonic() - started, 3),
+            summary=folder.summary(),
+        )
+
+
+def _status(raw: object) -> RunStatus:
+    if raw in ("successful", "failed", "timeout", "canceled"):
+        return raw
+    return "error"
+
+
+def close_control_masters(control_dir: Path, hosts: Sequence[str] = ()) -> None:
+    """Close SSH masters: an open master outlives a short-lived certificate."""
+    if not control_dir.is_dir():
+        return
+    for sock in control_dir.iterdir():
+        subprocess.run(
+            ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "veris-control"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    shutil.rmtree(control_dir, ignore_errors=True)
