@@ -1,0 +1,59 @@
+"""Lab hosts for integration tests: booted once per session, removed whatever happens.
+
+A test that needs a lab host and cannot get one fails; it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from veris_remediate.exceptions import LabError
+from veris_remediate.lab import Lab, require_root_and_tools
+
+
+class LabHandle:
+    def __init__(self, lab: Lab, inventory: Path) -> None:
+        self.lab = lab
+        self.inventory = inventory
+
+    def ssh(self, host: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # ssh joins its arguments with spaces for the remote shell: quote them as one string.
+        return subprocess.run(
+            [*self.lab.ssh_argv(host), shlex.join(argv)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
+
+    def is_active(self, host: str, unit: str) -> str:
+        return self.ssh(host, "systemctl", "is-active", unit, check=False).stdout.strip()
+
+    def prop(self, host: str, unit: str, name: str) -> str:
+        out = self.ssh(host, "systemctl", "show", unit, f"--property={name}", "--value")
+        return out.stdout.strip()
+
+    def reset(self, host: str) -> None:
+        self.lab.reset_host(host)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
+    try:
+        require_root_and_tools()
+    except LabError as exc:
+        pytest.fail(f"integration tests need lab hosts: {exc.message}")
+    cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
+    state = tmp_path_factory.mktemp("lab-state")
+    the_lab = Lab(state, cache, prefix="lab", first_subnet=1)
+    try:
+        inventory = the_lab.up(2)
+        yield LabHandle(the_lab, inventory)
+    finally:
+        the_lab.down()
