@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The demo: a real lab host, nginx stopped, a real Alertmanager payload, the whole safety loop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VR=.venv/bin/veris-remediate
+ALERT=examples/alerts/alertmanager-nginx-down.json
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+trap 'say "Removing the lab host"; $VR lab down' EXIT
+
+say "Booting lab host lab1 (first run builds a Debian root file system: ~2 minutes)"
+INV=$($VR lab up --hosts 1)
+echo "inventory: $INV"
+SSH=(ssh -q -i "$VERIS_STATE_DIR/lab/lab_key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes root@198.18.1.2)
+
+say "Breaking it: systemctl stop nginx on lab1"
+"${SSH[@]}" systemctl stop nginx
+echo "nginx on lab1: $("${SSH[@]}" systemctl is-active nginx || true)"
+
+say "The alert Alertmanager sends (HttpProbeFailed, instance http://lab1/)"
+cat "$ALERT"
+
+say "Preview only: veris-remediate handle --check-only"
+$VR handle "$ALERT" -i "$INV" --check-only || true
+
+say "The whole loop: diagnose, preview, score, apply, verify"
+set +e; $VR handle "$ALERT" -i "$INV" --json > .state/demo-report.json; rc=$?; set -e
+python3 -m json.tool .state/demo-report.json
+echo "exit code: $rc"
+echo "nginx on lab1: $("${SSH[@]}" systemctl is-active nginx || true)"
+
+say "Incident report"
+$VR report "$(python3 -c 'import json;print(json.load(open(".state/demo-report.json"))["run_id"])')"
+
+say "Same alert again, now that nginx is healthy: nothing to do"
+$VR handle "$ALERT" -i "$INV" || true
+
+say "Audit log"
+$VR audit verify
+exit "$rc"
