@@ -11,7 +11,7 @@ trap 'say "Removing the lab host"; $VR lab down' EXIT
 say "Booting lab host lab1 (first run builds a Debian root file system: ~2 minutes)"
 INV=$($VR lab up --hosts 1)
 echo "inventory: $INV"
-SSH=(ssh -q -i "$VERIS_STATE_DIR/lab/lab_key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes root@198.18.1.2)
+SSH=($VR lab ssh lab1 --)
 
 say "Breaking it: systemctl stop nginx on lab1"
 "${SSH[@]}" systemctl stop nginx

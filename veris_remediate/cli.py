@@ -369,6 +369,24 @@ def lab_status(ctx: click.Context, prefix: str, first_subnet: int, as_json: bool
     _out.print(table)
 
 
+@lab.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("host")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@_prefix
+@_subnet
+@click.pass_context
+def lab_ssh(
+    ctx: click.Context, host: str, command: tuple[str, ...], prefix: str, first_subnet: int
+) -> None:
+    """Run COMMAND as root on a lab host (an interactive shell without one)."""
+    import os
+    import shlex
+
+    argv = _lab(ctx, prefix, first_subnet).ssh_argv(host)
+    # ssh hands the remote shell one string: quote each word so it arrives as given.
+    os.execvp(argv[0], [*argv, shlex.join(command)] if command else argv)  # noqa: S606
+
+
 @lab.command("inventory")
 @_prefix
 @_subnet
