@@ -54,7 +54,7 @@ def _describe_health(health: dict[str, Any]) -> str:
     if health.get("port") is not None:
         parts.append(f"port {health.get('port')} {'open' if health.get('port_open') else 'closed'}")
     if health.get("health_url"):
-        status = health.get("http_status")
+        status = health.get("http_status") or "no answer"
         parts.append(f"HTTP probe {'ok' if health.get('http_ok') else 'failing'} ({status})")
     if health.get("config_valid") is False:
         parts.append("config invalid")

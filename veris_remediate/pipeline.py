@@ -426,7 +426,11 @@ class _Remediation:
             ph["detail"] = "; ".join(verdict.reasons)
         after = apply.summary.host(self.host).reports.get("verify")
         if verdict.ok:
-            self.findings += [f for f in findings(self.host, after) if f.severity == "info"]
+            self.findings += [
+                f
+                for f in findings(self.host, after)
+                if f.severity == "info" and f not in self.findings
+            ]
             self.o.workspace.append_history(self.host, plan.fix.name, "resolved")
             return self.result(decision, "apply", "resolved", [*decision.reasons, *verdict.reasons])
         return self._roll_back(plan, decision, check, apply, verdict.reasons)

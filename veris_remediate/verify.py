@@ -93,7 +93,7 @@ def _state(health: Mapping[str, Any]) -> str:
     if health.get("port") is not None:
         bits.append(f"port {health.get('port')} {'open' if health.get('port_open') else 'closed'}")
     if health.get("health_url"):
-        bits.append(f"HTTP {health.get('http_status')}")
+        bits.append(f"HTTP {health.get('http_status') or 'no answer'}")
     return ", ".join(bits)
 
 
@@ -129,7 +129,7 @@ def findings(host: str, health: Mapping[str, Any] | None) -> list[Finding]:
                 severity="critical",
                 message=(
                     f"HTTP probe {health.get('health_url')} failed "
-                    f"(status {health.get('http_status')})"
+                    f"({health.get('http_status') or 'no answer'})"
                 ),
             )
         )
