@@ -62,52 +62,49 @@ def main() -> int:
         def stop_nginx() -> None:
             subprocess.run([*ssh, "systemctl", "stop", "nginx"], check=True, timeout=60)
 
-        def timed(argv: list[str]) -> tuple[float, int]:
+        def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
             start = time.monotonic()
             proc = subprocess.run(
                 argv, capture_output=True, text=True, env=env, timeout=600, check=False
             )
-            return time.monotonic() - start, proc.returncode
+            return time.monotonic() - start, proc
 
         ours: list[float] = []
         bare: list[float] = []
+        phases: dict[str, list[float]] = {}
+        handle = [str(bindir / "veris-remediate"), "--state-dir", str(work / "state"),
+                  "handle", str(alert), "-i", str(inventory), "--json"]  # fmt: skip
+        restart = [str(bindir / "ansible-playbook"), "-i", str(inventory), str(playbook)]
         for n in range(args.rounds):
             # Alternate which side goes first so warm caches favour neither.
             order = ["ours", "bare"] if n % 2 == 0 else ["bare", "ours"]
             for side in order:
                 stop_nginx()
                 if side == "ours":
-                    t, rc = timed(
-                        [
-                            str(bindir / "veris-remediate"),
-                            "--state-dir",
-                            str(work / "state"),
-                            "handle",
-                            str(alert),
-                            "-i",
-                            str(inventory),
-                            "--json",
-                        ]
-                    )
-                    assert rc == 0, f"handle exited {rc}"
+                    t, proc = timed(handle)
+                    report = json.loads(proc.stdout)
+                    assert report["outcome"] == "resolved", report
                     ours.append(t)
+                    for phase in report["remediations"][0]["phases"]:
+                        phases.setdefault(phase["name"], []).append(phase["seconds"])
                 else:
-                    t, rc = timed(
-                        [str(bindir / "ansible-playbook"), "-i", str(inventory), str(playbook)]
-                    )
-                    assert rc == 0, f"ansible-playbook exited {rc}"
+                    t, proc = timed(restart)
+                    assert proc.returncode == 0, proc.stdout[-2000:]
                     bare.append(t)
         mo, mb = statistics.median(ours), statistics.median(bare)
         print(f"rounds: {args.rounds} (nginx stopped before each run, one lab host over SSH)")
-        print(f"{'side':44} {'median s':>9} {'min s':>7} {'max s':>7}")
+        print(f"{'side':52} {'median s':>9} {'min s':>7} {'max s':>7}")
         rows = [
             ("veris-remediate handle (check+decide+apply+verify)", ours),
             ("bare ansible-playbook (restart only)", bare),
         ]
         for label, times in rows:
             med = statistics.median(times)
-            print(f"{label:44} {med:9.2f} {min(times):7.2f} {max(times):7.2f}")
+            print(f"{label:52} {med:9.2f} {min(times):7.2f} {max(times):7.2f}")
         print(f"ratio (ours / bare): {mo / mb:.2f}x")
+        print("where ours goes (median s per phase; the rest is start-up and inventory):")
+        for name, times in phases.items():
+            print(f"  {name:10} {statistics.median(times):6.2f}")
     finally:
         lab.down()
     return 0
