@@ -71,6 +71,20 @@ def _print_report(report: RunReport) -> None:
     _out.print(table)
 
 
+def _run_and_exit(produce: Callable[[], RunReport], as_json: bool) -> None:
+    """Print a report (JSON or text) and exit with its outcome's code."""
+    try:
+        report = produce()
+    except VerisError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        click.echo(to_json(report))
+    else:
+        _print_report(report)
+    sys.exit(report.exit_code)
+
+
 def _inventory_option(fn: F) -> F:
     return click.option(
         "-i",
@@ -115,15 +129,12 @@ def handle(
     as_json: bool,
 ) -> None:
     """Run the whole loop for one alert payload (a file, or - for stdin)."""
-    try:
-        report = _remediator(ctx, inventory, rules).handle(
+    _run_and_exit(
+        lambda: _remediator(ctx, inventory, rules).handle(
             _read_payload(alert_file), check_only=check_only
-        )
-    except VerisError as exc:
-        _fail(exc, as_json)
-        return
-    click.echo(to_json(report)) if as_json else _print_report(report)
-    sys.exit(report.exit_code)
+        ),
+        as_json,
+    )
 
 
 @main.command()
@@ -140,13 +151,9 @@ def diagnose(
     as_json: bool,
 ) -> None:
     """Read-only diagnosis: findings, nothing changed."""
-    try:
-        report = _remediator(ctx, inventory, rules).diagnose(_read_payload(alert_file))
-    except VerisError as exc:
-        _fail(exc, as_json)
-        return
-    click.echo(to_json(report)) if as_json else _print_report(report)
-    sys.exit(report.exit_code)
+    _run_and_exit(
+        lambda: _remediator(ctx, inventory, rules).diagnose(_read_payload(alert_file)), as_json
+    )
 
 
 @main.command()

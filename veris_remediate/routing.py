@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from .alerts import Alert, shown
@@ -68,20 +77,14 @@ class Rule(BaseModel):
             raise ValueError(f"fix {value!r} is not one of {sorted(KNOWN_FIXES)} (or null)")
         return value
 
-    @field_validator("match_labels")
+    @field_validator("match_labels", "service_labels")
     @classmethod
-    def _match_labels(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
+    def _label_names(
+        cls, value: dict[str, str] | tuple[str, ...], info: ValidationInfo
+    ) -> dict[str, str] | tuple[str, ...]:
+        for key in value:  # a dict's keys, or the tuple's entries
             if not IDENTIFIER.fullmatch(key):
-                raise ValueError(f"match_labels key {key!r} is not a label name")
-        return value
-
-    @field_validator("service_labels")
-    @classmethod
-    def _service_labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for key in value:
-            if not IDENTIFIER.fullmatch(key):
-                raise ValueError(f"service_labels entry {key!r} is not a label name")
+                raise ValueError(f"{info.field_name} entry {key!r} is not a label name")
         return value
 
     @field_validator("params")
