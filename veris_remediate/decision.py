@@ -24,7 +24,6 @@ Outcome = Literal[
 _RISK_FACTOR = {"low": 1.0, "medium": 0.85, "high": 0.7}
 _UNEXPECTED_CHANGE_PENALTY = 0.25
 _UNPREDICTABLE_PENALTY = 0.15
-_INCOMPLETE_PENALTY = 0.3
 _PAST_FAILURE_FACTOR = 0.5
 
 
@@ -94,6 +93,10 @@ def decide(
         return final("skip", 1.0, [reason], "not_needed")
 
     reasons = [f"diagnosis: {_describe_health(health)}"]
+    if not check.completed:
+        # Timed out or cancelled: the preview is partial, so it predicts nothing.
+        reasons.append("the check run did not finish (timeout or cancelled): no full preview")
+        return final("escalate", 0.0, reasons, "escalated")
     failed = hs.failed_tasks
     if failed:
         reasons += [f"check run failed at {t.task!r}: {t.msg}" for t in failed]
@@ -120,9 +123,6 @@ def decide(
     if unpredictable:
         score -= _UNPREDICTABLE_PENALTY * len(unpredictable)
         reasons.append("check mode cannot predict: " + ", ".join(t.task for t in unpredictable))
-    if not check.completed:
-        score -= _INCOMPLETE_PENALTY
-        reasons.append("the check run did not reach the end of the playbook")
     score *= _RISK_FACTOR[fix.risk]
     reasons.append(f"risk class {fix.risk}")
     bad = history.failed + history.rolled_back

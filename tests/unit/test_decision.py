@@ -89,3 +89,10 @@ def test_no_predicted_change_means_the_fix_would_not_help() -> None:
 def test_decide_refuses_an_apply_summary() -> None:
     with pytest.raises(ValueError, match="--check"):
         _decide(summary("resolved", "apply"))
+
+
+def test_an_unfinished_check_run_never_applies() -> None:
+    s = summary("resolved", "check").model_copy(update={"completed": False})
+    d = _decide(s, threshold=0.0)
+    assert d.action == "escalate"
+    assert "did not finish" in d.reasons[-1]
