@@ -425,6 +425,14 @@ class _Remediation:
             ph["status"] = "ok" if verdict.ok else "failed"
             ph["detail"] = "; ".join(verdict.reasons)
         after = apply.summary.host(self.host).reports.get("verify")
+        if apply.status == "canceled" and self.o.workspace.brake() is not None:
+            # The operator pulled the brake mid-fix to take over: no automatic rollback
+            # (it would be cancelled too); hand them the snapshot to restore from.
+            prior = prior_states(self.host, apply.summary, check.summary)
+            states = ", ".join(f"{u.get('unit')} was {u.get('active_state')}" for u in prior)
+            reason = f"emergency brake engaged during apply; run cancelled; before: {states}"
+            self.o.workspace.append_history(self.host, plan.fix.name, "failed")
+            return self.result(decision, "brake", "blocked", [*decision.reasons, reason])
         if verdict.ok:
             self.findings += [
                 f

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -133,7 +133,7 @@ def _status(raw: object) -> RunStatus:
     return "error"
 
 
-def close_control_masters(control_dir: Path, hosts: Sequence[str] = ()) -> None:
+def close_control_masters(control_dir: Path) -> None:
     """Close SSH masters: an open master outlives a short-lived certificate."""
     if not control_dir.is_dir():
         return

@@ -160,3 +160,23 @@ def test_report_is_stored_and_reloadable(tmp_path: Path) -> None:
     md = to_markdown(stored)
     assert "**rolled_back**" in md
     assert "| rollback |" in md
+
+
+def test_brake_during_apply_blocks_without_rollback(tmp_path: Path) -> None:
+    """The brake cancels the apply run; the operator gets the snapshot, not a rollback."""
+    remediator, executor = _remediator(tmp_path, "rolled_back")
+    real_run = executor.run
+
+    def braking_run(request: Any) -> Any:
+        result = real_run(request)
+        if request.phase == "apply":
+            remediator.workspace.engage_brake("stop everything")
+            return result.model_copy(update={"status": "canceled"})
+        return result
+
+    executor.run = braking_run  # type: ignore[method-assign]
+    report = remediator.handle(ALERT)
+    assert report.outcome == "blocked"
+    assert report.exit_code == 7
+    assert [r.phase for r in executor.requests] == ["check", "apply"]
+    assert "nginx.service was inactive" in report.reasons[-1]
