@@ -29,7 +29,7 @@ unit: setup
 	$(VENV)/python -m pytest tests/unit
 
 lab-down:
-	@for p in lab mol lt; do $(VR) lab down --prefix $$p >/dev/null 2>&1 || true; done
+	@for p in lab mol lt bn; do $(VR) lab down --prefix $$p >/dev/null 2>&1 || true; done
 
 clean: lab-down
 	rm -rf .state

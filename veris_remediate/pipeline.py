@@ -277,7 +277,9 @@ class Remediator:
     def run_step(
         self, run_id: str, slot: str, step: PlaybookStep, host: str, control_dir: Path
     ) -> RunResult:
-        prepared = self.workspace.prepare_step(run_id, slot, step, host)
+        prepared = self.workspace.prepare_step(
+            run_id, slot, step, host, idle_timeout=self.settings.idle_timeout
+        )
         request = RunRequest(
             phase=step.phase,
             private_data_dir=prepared.private_data_dir,
@@ -287,7 +289,6 @@ class Remediator:
             roles_path=roles_dir(),
             control_dir=control_dir,
             job_timeout=self.settings.job_timeout,
-            idle_timeout=self.settings.idle_timeout,
         )
         try:
             result = self.executor.run(request)

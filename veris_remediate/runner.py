@@ -31,8 +31,7 @@ class RunRequest(BaseModel):
     check: bool
     roles_path: Path
     control_dir: Path
-    job_timeout: int
-    idle_timeout: int
+    job_timeout: int  # the idle timeout is in the private data dir's env/settings
 
 
 class RunResult(BaseModel):
@@ -105,7 +104,6 @@ class AnsibleRunnerExecutor:
             # ansible-runner would otherwise copy the whole environment and argv to disk.
             "suppress_env_files": True,
             "timeout": request.job_timeout,
-            "settings": {"idle_timeout": request.idle_timeout, "suppress_ansible_output": True},
             "ident": request.phase,
         }
         if request.check:

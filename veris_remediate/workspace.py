@@ -53,13 +53,18 @@ class Workspace:
             raise UsageError(f"not a run id: {run_id[:40]!r}")
         return self.runs_dir / run_id
 
-    def prepare_step(self, run_id: str, slot: str, step: PlaybookStep, host: str) -> PreparedStep:
-        """Write one step's private data dir: !unsafe extra vars and the target inventory."""
+    def prepare_step(
+        self, run_id: str, slot: str, step: PlaybookStep, host: str, *, idle_timeout: int
+    ) -> PreparedStep:
+        """Write one step's private data dir: !unsafe extra vars, target inventory, settings."""
         pdd = self.run_dir(run_id) / slot / step.phase
         # ansible-runner passes an existing env/extravars as `-e @file` without parsing it.
         _write_private(pdd / "env" / "extravars", render_extravars(step.extravars))
         target = pdd / "target_inventory.yml"
         _write_private(target, render_target_inventory(host))
+        # ansible-runner drops a `settings=` argument when env/settings is missing, so the
+        # idle timeout only takes effect from this file.
+        _write_private(pdd / "env" / "settings", json.dumps({"idle_timeout": idle_timeout}) + "\n")
         (pdd / "project").mkdir(exist_ok=True, mode=0o700)
         return PreparedStep(
             phase=step.phase, check=step.check, private_data_dir=pdd, target_inventory=target

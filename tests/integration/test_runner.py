@@ -1,4 +1,4 @@
-"""Alert text reaches a real ansible-playbook run as data: ``{{ }}`` in it is never templated."""
+"""The runner against real ansible-playbook runs on localhost: inert data, timeouts, PATH."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_template_and_shell_text_in_vars_is_inert(tmp_path: Path) -> None:
                 "veris_units_in_order": [text],
             },
         )
-        prepared = ws.prepare_step(run_id, str(n), step, "localhost")
+        prepared = ws.prepare_step(run_id, str(n), step, "localhost", idle_timeout=30)
         result = executor.run(
             RunRequest(
                 phase="check",
@@ -77,7 +77,6 @@ def test_template_and_shell_text_in_vars_is_inert(tmp_path: Path) -> None:
                 roles_path=tmp_path,
                 control_dir=tmp_path,
                 job_timeout=60,
-                idle_timeout=30,
             )
         )
         assert result.status == "successful", result
@@ -86,3 +85,66 @@ def test_template_and_shell_text_in_vars_is_inert(tmp_path: Path) -> None:
         assert report["unit"] == text
         assert report["first_unit"] == text
         assert not marker.exists(), f"payload {n} was executed"
+
+
+SLOW_PLAYBOOK = """
+- name: Take too long
+  hosts: veris_targets
+  gather_facts: false
+  tasks:
+    - name: Print, then go quiet
+      ansible.builtin.debug:
+        msg: started
+    - name: Sleep silently
+      ansible.builtin.command:
+        argv: [sleep, "30"]
+      changed_when: false
+"""
+
+
+def _local_request(tmp_path: Path, playbook_text: str, **timeouts: int) -> RunRequest:
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n"
+    )
+    playbook = tmp_path / "slow.yml"
+    playbook.write_text(playbook_text)
+    ws = Workspace(tmp_path / "state")
+    step = PlaybookStep(phase="apply", playbook="slow.yml", check=False, extravars={})
+    prepared = ws.prepare_step(
+        ws.new_run_id(), "0", step, "localhost", idle_timeout=timeouts.get("idle", 60)
+    )
+    return RunRequest(
+        phase="apply",
+        private_data_dir=prepared.private_data_dir,
+        playbook=playbook,
+        inventories=(inventory, prepared.target_inventory),
+        check=False,
+        roles_path=tmp_path,
+        control_dir=tmp_path,
+        job_timeout=timeouts.get("job", 60),
+    )
+
+
+@pytest.mark.parametrize("which", ["job", "idle"])
+def test_timeouts_stop_the_run_and_leave_it_incomplete(tmp_path: Path, which: str) -> None:
+    import time
+
+    start = time.monotonic()
+    result = AnsibleRunnerExecutor().run(_local_request(tmp_path, SLOW_PLAYBOOK, **{which: 3}))
+    assert time.monotonic() - start < 20
+    assert result.status == "timeout"
+    assert result.summary.completed is False  # so the decision can never apply on it
+    assert [t.task for t in result.summary.host("localhost").tasks] == ["Print, then go quiet"]
+
+
+def test_ansible_playbook_is_found_beside_the_interpreter_without_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unactivated venv: PATH does not name it, the runner still finds its tools."""
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    fast = SLOW_PLAYBOOK.replace('argv: [sleep, "30"]', "argv: [/bin/true]")
+    result = AnsibleRunnerExecutor().run(_local_request(tmp_path, fast))
+    assert result.status == "successful"
+    assert result.summary.completed is True
