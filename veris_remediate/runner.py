@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -116,13 +118,59 @@ class AnsibleRunnerExecutor:
             raise RunnerError(
                 f"ansible-runner could not run {request.playbook.name}: {exc}"
             ) from exc
+        status = _status(result.status)
+        if status in ("timeout", "canceled"):
+            reap_run_processes(request.private_data_dir)
         return RunResult(
             phase=request.phase,
-            status=_status(result.status),
+            status=status,
             rc=result.rc if isinstance(result.rc, int) else None,
             seconds=round(time.monotonic() - started, 3),
             summary=folder.summary(),
         )
+
+
+def _process_table() -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, command line) for every process we can read."""
+    table: dict[int, tuple[int, bytes]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone already, or not ours to read
+        # The command name in stat may hold spaces and parentheses: split after the last ')'.
+        table[int(entry.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return table
+
+
+def reap_run_processes(private_data_dir: Path) -> list[int]:
+    """Kill what a stopped run left behind; return the pids signalled.
+
+    ansible-runner's timeout and cancel kill ansible-playbook's process group, but its
+    forked workers are not always in it and keep running tasks. Each of them carries
+    this run's own extra-vars path on its command line, so they are found exactly;
+    their descendants (module processes, ssh) go with them.
+    """
+    marker = str(private_data_dir).encode()
+    table = _process_table()
+    doomed = {pid for pid, (_, cmdline) in table.items() if marker in cmdline}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    stack = list(doomed)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in doomed:
+                doomed.add(child)
+                stack.append(child)
+    doomed.discard(os.getpid())
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return sorted(doomed)
 
 
 def _status(raw: object) -> RunStatus:

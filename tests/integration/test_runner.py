@@ -137,6 +137,18 @@ def test_timeouts_stop_the_run_and_leave_it_incomplete(tmp_path: Path, which: st
     assert result.status == "timeout"
     assert result.summary.completed is False  # so the decision can never apply on it
     assert [t.task for t in result.summary.host("localhost").tasks] == ["Print, then go quiet"]
+    # Nothing of the run survives it: no ansible-playbook worker, no `sleep 30` below one.
+    time.sleep(0.5)
+    marker = str(tmp_path).encode()
+    survivors = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and (marker in cmdline or cmdline == b"sleep\x0030\x00"):
+            survivors.append(cmdline)
+    assert survivors == []
 
 
 def test_ansible_playbook_is_found_beside_the_interpreter_without_path(
