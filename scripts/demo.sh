@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# The demo: a real lab host, nginx stopped, a real Alertmanager payload, the whole safety loop.
+# The demo: a real lab host, nginx stopped, a real Alertmanager webhook, the whole safety loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VR=.venv/bin/veris-remediate
-ALERT=examples/alerts/alertmanager-nginx-down.json
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 trap 'say "Removing the lab host"; $VR lab down' EXIT
@@ -17,8 +16,11 @@ say "Breaking it: systemctl stop nginx on lab1"
 "${SSH[@]}" systemctl stop nginx
 echo "nginx on lab1: $("${SSH[@]}" systemctl is-active nginx || true)"
 
-say "The alert Alertmanager sends (HttpProbeFailed, instance http://lab1/)"
-cat "$ALERT"
+say "Real Prometheus + blackbox exporter + Alertmanager on loopback, probing http://198.18.1.2/"
+.venv/bin/python -m tests.alertstack --target http://198.18.1.2/ --out .state/alert.json
+ALERT=.state/alert.json
+say "The webhook Alertmanager sent (instance is the address: veris maps it to lab1 by ansible_host)"
+python3 -m json.tool "$ALERT"
 
 say "Preview only: veris-remediate handle --check-only"
 $VR handle "$ALERT" -i "$INV" --check-only || true

@@ -9,8 +9,11 @@ die() { echo "setup: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root: the lab needs network namespaces and systemd-nspawn"
 [ -r /etc/debian_version ] || die "this set-up is for Debian 12 (bookworm); see README"
 
-# Controller packages: the lab (debootstrap, systemd-nspawn, ip, iptables) and ssh.
-APT_PACKAGES=(debootstrap systemd-container iptables iproute2 openssh-client python3-venv ca-certificates)
+# Controller packages: the lab (debootstrap, systemd-nspawn, ip, iptables), ssh, and the
+# real alerting stack the demo and tests run on loopback (Prometheus, Alertmanager, blackbox).
+STACK_PACKAGES=(prometheus prometheus-alertmanager prometheus-blackbox-exporter)
+APT_PACKAGES=(debootstrap systemd-container iptables iproute2 openssh-client python3-venv
+              ca-certificates "${STACK_PACKAGES[@]}")
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The packages enable their own services; ours run on other ports, started by the tests.
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus prometheus-alertmanager prometheus-blackbox-exporter \
+      >/dev/null 2>&1 || true
+  fi
 fi
 
 PY=${PYTHON:-python3}
