@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,34 @@ PLAYBOOK = """
 """
 
 
+def _local_request(
+    tmp_path: Path, playbook_text: str, extravars: dict[str, Any] | None = None, **timeouts: int
+) -> RunRequest:
+    """A run of ``playbook_text`` on localhost (local connection), set up as the pipeline does."""
+    inventory = tmp_path / "inv.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n"
+    )
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(playbook_text)
+    ws = Workspace(tmp_path / "state")
+    step = PlaybookStep(phase="apply", playbook="play.yml", check=False, extravars=extravars or {})
+    prepared = ws.prepare_step(
+        ws.new_run_id(), "0", step, "localhost", idle_timeout=timeouts.get("idle", 60)
+    )
+    return RunRequest(
+        phase="apply",
+        private_data_dir=prepared.private_data_dir,
+        playbook=playbook,
+        inventories=(inventory, prepared.target_inventory),
+        check=False,
+        roles_path=tmp_path,
+        control_dir=tmp_path,
+        job_timeout=timeouts.get("job", 60),
+    )
+
+
 def test_template_and_shell_text_in_vars_is_inert(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     hostile = [
@@ -45,46 +74,20 @@ def test_template_and_shell_text_in_vars_is_inert(tmp_path: Path) -> None:
         f"`touch {marker}`",
         "line1\nfoo: {{ bar }}\n- item",
     ]
-    inventory = tmp_path / "inv.yml"
-    inventory.write_text(
-        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
-        f"      ansible_python_interpreter: {sys.executable}\n"
-    )
-    playbook = tmp_path / "echo.yml"
-    playbook.write_text(PLAYBOOK)
-    ws = Workspace(tmp_path / "state")
-    run_id = ws.new_run_id()
     executor = AnsibleRunnerExecutor()
-    for n, text in enumerate(hostile):
-        step = PlaybookStep(
-            phase="check",
-            playbook="echo.yml",
-            check=False,
-            extravars={
-                "veris_alert_summary": text,
-                "veris_service": {"unit": text},
-                "veris_units_in_order": [text],
-            },
-        )
-        prepared = ws.prepare_step(run_id, str(n), step, "localhost", idle_timeout=30)
-        result = executor.run(
-            RunRequest(
-                phase="check",
-                private_data_dir=prepared.private_data_dir,
-                playbook=playbook,
-                inventories=(inventory, prepared.target_inventory),
-                check=False,
-                roles_path=tmp_path,
-                control_dir=tmp_path,
-                job_timeout=60,
-            )
-        )
+    for text in hostile:
+        extravars = {
+            "veris_alert_summary": text,
+            "veris_service": {"unit": text},
+            "veris_units_in_order": [text],
+        }
+        result = executor.run(_local_request(tmp_path, PLAYBOOK, extravars))
         assert result.status == "successful", result
         report = result.summary.host("localhost").reports["echo"]
         assert report["summary"] == text
         assert report["unit"] == text
         assert report["first_unit"] == text
-        assert not marker.exists(), f"payload {n} was executed"
+        assert not marker.exists(), f"{text!r} was executed"
 
 
 SLOW_PLAYBOOK = """
@@ -100,31 +103,6 @@ SLOW_PLAYBOOK = """
         argv: [sleep, "30"]
       changed_when: false
 """
-
-
-def _local_request(tmp_path: Path, playbook_text: str, **timeouts: int) -> RunRequest:
-    inventory = tmp_path / "inv.yml"
-    inventory.write_text(
-        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
-        f"      ansible_python_interpreter: {sys.executable}\n"
-    )
-    playbook = tmp_path / "slow.yml"
-    playbook.write_text(playbook_text)
-    ws = Workspace(tmp_path / "state")
-    step = PlaybookStep(phase="apply", playbook="slow.yml", check=False, extravars={})
-    prepared = ws.prepare_step(
-        ws.new_run_id(), "0", step, "localhost", idle_timeout=timeouts.get("idle", 60)
-    )
-    return RunRequest(
-        phase="apply",
-        private_data_dir=prepared.private_data_dir,
-        playbook=playbook,
-        inventories=(inventory, prepared.target_inventory),
-        check=False,
-        roles_path=tmp_path,
-        control_dir=tmp_path,
-        job_timeout=timeouts.get("job", 60),
-    )
 
 
 @pytest.mark.parametrize("which", ["job", "idle"])
