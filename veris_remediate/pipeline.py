@@ -8,11 +8,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .alerts import Alert, AlertBatch, parse_payload
 from .audit import AuditLog
-from .decision import Decision, History, decide
+from .decision import Action, Decision, History, Outcome, decide
 from .exceptions import EscalatedError, NoRuleError, RejectedError
 from .inventory import Inventory, load_inventory
 from .planner import PlaybookStep, RemediationPlan, apply_step, build_plan, rollback_step
@@ -25,9 +25,19 @@ from .targeting import resolve_target
 from .verify import Finding, assess_apply, assess_rollback, findings, prior_states
 from .workspace import Workspace
 
+Mode = Literal["handle", "check_only", "diagnose"]
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _payload_result(decision: Action, outcome: Outcome, reason: str) -> RemediationResult:
+    """A result about the payload as a whole, before any host is known."""
+    return RemediationResult(
+        host=None, alert=None, fingerprint=None, decision=decision, outcome=outcome,
+        reasons=(reason,),
+    )  # fmt: skip
 
 
 class _Phases:
@@ -172,7 +182,7 @@ class Remediator:
 
     # -- the loop -----------------------------------------------------------------
 
-    def _process(self, payload: bytes | str, *, mode: str) -> RunReport:
+    def _process(self, payload: bytes | str, *, mode: Mode) -> RunReport:
         run_id = self.workspace.new_run_id()
         started = _now()
         head = _Phases()
@@ -191,14 +201,7 @@ class Remediator:
                 self.audit.append("alert.cleared", {"fingerprint": alert.fingerprint}, run_id)
             if not batch.firing:
                 results.append(
-                    RemediationResult(
-                        host=None,
-                        alert=None,
-                        fingerprint=None,
-                        decision="skip",
-                        outcome="not_needed",
-                        reasons=("only resolved alerts: nothing to do",),
-                    )
+                    _payload_result("skip", "not_needed", "only resolved alerts: nothing to do")
                 )
             hosts = {r.target.host for r in routes}
             if len(hosts) > self.settings.max_hosts:
@@ -212,16 +215,7 @@ class Remediator:
                 results.append(self._remediate(run_id, f"{index}-{route.target.host}", route, mode))
         except RejectedError as exc:
             self.audit.append("alert.rejected", {"reason": exc.message}, run_id)
-            results.append(
-                RemediationResult(
-                    host=None,
-                    alert=None,
-                    fingerprint=None,
-                    decision="reject",
-                    outcome="rejected",
-                    reasons=(exc.message,),
-                )
-            )
+            results.append(_payload_result("reject", "rejected", exc.message))
         report = build_report(
             run_id=run_id,
             started_at=started,
@@ -244,7 +238,9 @@ class Remediator:
         )
         return report
 
-    def _refused(self, route: Route, decision: str, outcome: str, reason: str) -> RemediationResult:
+    def _refused(
+        self, route: Route, decision: Action, outcome: Outcome, reason: str
+    ) -> RemediationResult:
         return RemediationResult(
             host=route.target.host,
             alert=route.alert.name,
@@ -257,10 +253,11 @@ class Remediator:
             reasons=(reason,),
         )
 
-    def _remediate(self, run_id: str, slot: str, route: Route, mode: str) -> RemediationResult:
+    def _remediate(self, run_id: str, slot: str, route: Route, mode: Mode) -> RemediationResult:
         host = route.target.host
-        if mode == "handle" and self.workspace.brake() is not None:
-            reason = f"emergency brake engaged: {self.workspace.brake()}"
+        brake = self.workspace.brake() if mode == "handle" else None
+        if brake is not None:
+            reason = f"emergency brake engaged: {brake}"
             self.audit.append(
                 "decision", {"host": host, "action": "brake", "reason": reason}, run_id
             )
@@ -317,7 +314,7 @@ class Remediator:
 class _Remediation:
     """One route through check → decide → apply → verify → rollback."""
 
-    def __init__(self, owner: Remediator, run_id: str, slot: str, route: Route, mode: str) -> None:
+    def __init__(self, owner: Remediator, run_id: str, slot: str, route: Route, mode: Mode) -> None:
         self.o = owner
         self.run_id = run_id
         self.slot = slot
