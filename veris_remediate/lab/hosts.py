@@ -1,0 +1,417 @@
+"""Lab hosts: state, boot, readiness, inventory; the Lab class."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from ..exceptions import LabError
+from ._util import (
+    as_lab_error,
+    atomic_write,
+    flock,
+    in_parallel,
+    list_names,
+    log_tail,
+    run_tool,
+)
+from .rootfs import ensure_rootfs, rootfs_path
+from .system import (
+    NETNS_DIR,
+    NSPAWN_RUN,
+    HostRecord,
+    cgroups_by_name,
+    destroy_host,
+    drop_image_locks,
+    is_alive,
+    is_nspawn,
+    make_cgroups,
+    nspawn_processes,
+)
+
+logger = logging.getLogger(__name__)
+
+NEEDED_UNITS = frozenset({"ssh.service", "nginx.service", "redis-server.service"})
+SSH_OPTIONS = (
+    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+    "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
+    "-o", "IdentitiesOnly=yes",
+)  # fmt: skip
+_TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "ip": "iproute2",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
+_PREFIX_RE = re.compile(r"[a-z]{1,6}")
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+# nspawn reads SYSTEMD_NSPAWN_* from its environment (one makes /proc/sys writable, which
+# would let a host change the controller's kernel settings): give it a clean one.
+_NSPAWN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+# The launcher joins the host's cgroups, then becomes nspawn ($$ stays nspawn's pid after
+# exec). Without systemd on the controller every host would otherwise share one cgroup
+# and `systemctl` inside them breaks. Paths come in as argv, never as shell text.
+_JOIN_CGROUPS_AND_EXEC = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; '
+    'shift; n=$((n - 1)); done; exec "$@"'
+)
+
+
+class LabHost(BaseModel):
+    """One lab host as ``status`` sees it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    address: str
+    netns: str
+    pid: int | None
+    running: bool
+    ready: bool
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prefix: str
+    first_subnet: int
+    rootfs: str = ""
+    hosts: dict[str, HostRecord] = Field(default_factory=dict)
+
+    def with_host(self, name: str, record: HostRecord) -> _State:
+        return self.model_copy(update={"hosts": {**self.hosts, name: record}})
+
+
+def require_root_and_tools() -> None:
+    """Raise LabError unless we are root and the controller has the lab's tools."""
+    if os.geteuid() != 0:
+        raise LabError(
+            "lab hosts need root (network namespaces, cgroups, systemd-nspawn): run as root"
+        )
+    missing = sorted(tool for tool in _TOOLS if shutil.which(tool) is None)
+    if missing:
+        packages = " ".join(sorted({_TOOLS[tool] for tool in missing}))
+        raise LabError(
+            f"lab tools missing: {', '.join(missing)}; run `make setup` "
+            f"or `apt-get install {packages}`"
+        )
+
+
+class Lab:
+    """Disposable lab hosts ``<prefix>1..N``, recorded under ``state_dir/lab``."""
+
+    def __init__(
+        self, state_dir: Path, cache_dir: Path, *, prefix: str = "lab", first_subnet: int = 1
+    ) -> None:
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise LabError(f"lab prefix must be 1-6 lowercase letters, not {prefix!r}")
+        if not 1 <= first_subnet <= 255:
+            raise LabError(f"first_subnet must be in 1..255, not {first_subnet}")
+        self.prefix = prefix
+        self.first_subnet = first_subnet
+        self._dir = Path(state_dir).absolute() / "lab"
+        self._cache_dir = Path(cache_dir).absolute()
+        if ":" in str(self._dir):  # nspawn's --bind-ro=SRC:DST cannot carry it
+            raise LabError(f"lab state directory may not contain ':': {self._dir}")
+
+    # -- names and addresses ----------------------------------------------------------------
+    def _index(self, name: str) -> int:
+        match = re.fullmatch(rf"{self.prefix}([1-9][0-9]{{0,2}})", name)
+        if match is None or self.first_subnet + int(match[1]) - 1 > 255:
+            raise LabError(f"{name!r} is not a host name of lab {self.prefix!r}")
+        return int(match[1])
+
+    def _address(self, name: str, side: int) -> str:
+        return f"198.18.{self.first_subnet + self._index(name) - 1}.{side}"
+
+    def inventory_path(self) -> Path:
+        return self._dir / "inventory.yml"
+
+    def ssh_argv(self, name: str) -> list[str]:
+        """Argv prefix that runs a command on host ``name`` as root.
+
+        Append the command as one shell-quoted string (``shlex.join``): ssh joins its
+        arguments with spaces and the host's shell splits them again.
+        """
+        key = self._dir / "id_ed25519"
+        return ["ssh", "-F", "/dev/null", "-i", str(key), *SSH_OPTIONS,
+                f"root@{self._address(name, 2)}"]  # fmt: skip
+
+    # -- public operations ------------------------------------------------------------------
+    def up(self, hosts: int = 1, *, timeout: float = 120.0) -> Path:
+        """Boot hosts 1..max(hosts, those already up) and wait until all are ready.
+
+        Idempotent: running hosts are kept (never removed) and only waited for. ``timeout``
+        bounds the wait for readiness, not a first root file system build.
+        """
+        require_root_and_tools()
+        if hosts < 1 or self.first_subnet + hosts - 1 > 255:
+            raise LabError(f"cannot have {hosts} hosts from subnet {self.first_subnet} (max 255)")
+        with as_lab_error("lab up"), self._locked():
+            state = self._load_state()
+            pub = self._ensure_key()
+            rootfs = ensure_rootfs(self._cache_dir)
+            count = max([hosts, *(self._index(name) for name in state.hosts)])
+            names = [f"{self.prefix}{k}" for k in range(1, count + 1)]
+            fresh: set[str] = set()
+            state = state.model_copy(update={"rootfs": str(rootfs)})
+            for name in names:
+                record = state.hosts.get(name)
+                if record is not None and is_nspawn(record.pid, name):
+                    continue
+                destroy_host(name, record)  # leftovers of a host that died or was killed
+                state = self._save(state.with_host(name, HostRecord()))
+                state = self._save(state.with_host(name, self._boot(name, rootfs, pub)))
+                fresh.add(name)
+            deadline = time.monotonic() + timeout
+            in_parallel(
+                lambda name: self._wait_ready(name, state, deadline, strict=name in fresh),
+                names,
+            )
+            self._write_inventory(names)
+        return self.inventory_path()
+
+    def down(self) -> None:
+        """Remove every host of this lab and all it left on the controller. Idempotent."""
+        require_root_and_tools()
+        with as_lab_error("lab down"), self._locked():
+            state = self._read_state()
+            records = state.hosts if state else {}
+            for name in sorted(set(records) | self._leftover_names()):
+                destroy_host(name, records.get(name))
+            images = {rootfs_path(self._cache_dir)}
+            if state and state.rootfs:
+                images.add(Path(state.rootfs))
+            for image in images:
+                drop_image_locks(image)
+            for path in (self._dir / "state.json", self.inventory_path()):
+                path.unlink(missing_ok=True)
+
+    def status(self) -> list[LabHost]:
+        state = self._read_state()
+        if state is None:
+            return []
+
+        def probe(name: str) -> LabHost:
+            pid = state.hosts[name].pid
+            running = is_nspawn(pid, name)
+            return LabHost(
+                name=name, address=self._address(name, 2), netns=f"veris-{name}",
+                pid=pid if running else None, running=running,
+                ready=running and self._system_state(name) in {"running", "degraded"},
+            )  # fmt: skip
+
+        return in_parallel(probe, sorted(state.hosts, key=self._index))
+
+    def reset_host(self, name: str, *, timeout: float = 60.0) -> None:
+        """Kill host ``name`` and boot it again from the clean shared root; wait until ready."""
+        require_root_and_tools()
+        self._index(name)
+        with as_lab_error(f"resetting {name}"), self._locked():
+            state = self._load_state()
+            if name not in state.hosts:
+                raise LabError(f"{name} is not up in this lab; run `lab up` first")
+            destroy_host(name, state.hosts[name])
+            rootfs = Path(state.rootfs)
+            if not rootfs.is_dir():
+                rootfs = ensure_rootfs(self._cache_dir)
+            state = self._save(state.with_host(name, HostRecord()))
+            state = self._save(state.with_host(name, self._boot(name, rootfs, self._ensure_key())))
+            self._wait_ready(name, state, time.monotonic() + timeout, strict=True)
+
+    # -- booting ----------------------------------------------------------------------------
+    def _boot(self, name: str, rootfs: Path, pub: Path) -> HostRecord:
+        netns, outer, inner = f"veris-{name}", f"vh{name}", f"vt{name}"  # <= 11 < IFNAMSIZ
+        for argv in (
+            ["netns", "add", netns],
+            ["link", "add", outer, "type", "veth", "peer", "name", inner],
+            ["link", "set", inner, "netns", netns],
+            # No IPv6 link-local addresses: the hosts use 198.18.0.0/15 and loopback only.
+            ["link", "set", outer, "addrgenmode", "none"],
+            ["-n", netns, "link", "set", inner, "addrgenmode", "none"],
+            ["addr", "add", f"{self._address(name, 1)}/30", "dev", outer],
+            ["link", "set", outer, "up"],
+            ["-n", netns, "addr", "add", f"{self._address(name, 2)}/30", "dev", inner],
+            ["-n", netns, "link", "set", inner, "up"],
+            ["-n", netns, "link", "set", "lo", "up"],
+        ):
+            run_tool(["ip", *argv])
+        hosts_file = self._dir / "hosts" / name
+        hosts_file.parent.mkdir(exist_ok=True)
+        # 127.0.1.1 <name>: sudo and friends resolve the host's own name without DNS.
+        hosts_file.write_text(
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )
+        log_path = self._dir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(exist_ok=True)
+        cgroups = make_cgroups(name)
+        nspawn = [
+            shutil.which("systemd-nspawn") or "systemd-nspawn", "-D", str(rootfs),
+            "--volatile=overlay", "--boot", f"--network-namespace-path={NETNS_DIR / netns}",
+            "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
+            "-M", name, f"--bind-ro={pub}:/root/.ssh/authorized_keys",
+            f"--bind-ro={hosts_file}:/etc/hosts",
+        ]  # fmt: skip
+        procs = [str(cgroup / "cgroup.procs") for cgroup in cgroups]
+        # posix_spawn, not Popen: nothing runs in the child before exec (no preexec_fn), the
+        # pid is nspawn's, and no Popen object warns when it outlives this process.
+        pid = os.posix_spawn(
+            "/bin/sh",
+            ["sh", "-c", _JOIN_CGROUPS_AND_EXEC, "sh", str(len(procs)), *procs, *nspawn],
+            _NSPAWN_ENV,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log_path), _LOG_FLAGS, 0o640),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,  # its own session: survives this process and its terminal
+        )
+        return HostRecord(pid=pid, cgroups=tuple(str(cgroup) for cgroup in cgroups))
+
+    def _wait_ready(self, name: str, state: _State, deadline: float, *, strict: bool) -> None:
+        """Wait until boot has finished and SSH works.
+
+        ``strict`` (a fresh boot): a degraded host is refused when a unit we need failed.
+        """
+        pid = state.hosts[name].pid
+        log_path = self._dir / "logs" / f"{name}.log"
+        argv = [*self.ssh_argv(name), "systemctl", "is-system-running", "--wait"]
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LabError(f"{name} was not ready in time; boot log {log_path}")
+            if not is_alive(pid):  # the launcher shell counts: it becomes nspawn
+                raise LabError(
+                    f"{name}: systemd-nspawn exited while booting:\n{log_tail(log_path)}"
+                )
+            try:
+                done = subprocess.run(
+                    argv, capture_output=True, text=True, timeout=remaining, check=False
+                )
+            except subprocess.TimeoutExpired:
+                continue
+            system_state = done.stdout.strip()
+            if system_state == "running":
+                return
+            if system_state == "degraded":
+                failed = self._failed_units(name)
+                if strict and NEEDED_UNITS & set(failed):
+                    raise LabError(f"{name} booted degraded; failed units: {', '.join(failed)}")
+                logger.warning("%s is degraded; failed units: %s", name, ", ".join(failed))
+                return
+            if done.returncode != 255 and system_state not in {"", "initializing", "starting"}:
+                raise LabError(f"{name}: system state {system_state!r} {done.stderr.strip()}")
+            time.sleep(0.2)  # 255: sshd not listening yet
+
+    def _system_state(self, name: str) -> str:
+        argv = [*self.ssh_argv(name), "systemctl", "is-system-running"]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
+        except subprocess.TimeoutExpired:
+            return "unknown"
+        return done.stdout.strip() or "unreachable"
+
+    def _failed_units(self, name: str) -> list[str]:
+        argv = [*self.ssh_argv(name), "systemctl", "list-units", "--state=failed",
+                "--no-legend", "--plain"]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
+
+    # -- state on disk ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with flock(self._dir / ".lock"):
+            yield
+
+    def _ensure_key(self) -> Path:
+        key = self._dir / "id_ed25519"
+        if not key.exists():
+            run_tool(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "veris-lab", "-f", str(key)]
+            )
+        key.chmod(0o600)
+        pub = key.with_suffix(".pub")
+        if not pub.exists():
+            pub.write_text(run_tool(["ssh-keygen", "-y", "-f", str(key)]))
+        return pub
+
+    def _load_state(self) -> _State:
+        """This lab's state (empty when there is none); refuses one made with other names."""
+        path = self._dir / "state.json"
+        if not path.exists():
+            return _State(prefix=self.prefix, first_subnet=self.first_subnet)
+        try:
+            state = _State.model_validate_json(path.read_text())
+        except (OSError, PydanticValidationError) as exc:
+            raise LabError(f"lab state {path} is unreadable ({exc}); run `lab down`") from exc
+        if (state.prefix, state.first_subnet) != (self.prefix, self.first_subnet):
+            raise LabError(
+                f"the lab in {self._dir} has prefix {state.prefix!r} and first subnet "
+                f"{state.first_subnet}; use those, or run `lab down` first"
+            )
+        return state
+
+    def _read_state(self) -> _State | None:
+        """The state file as recorded, or None if it is lost or unreadable."""
+        path = self._dir / "state.json"
+        try:
+            return _State.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, PydanticValidationError) as exc:
+            logger.warning("ignoring unreadable lab state %s: %s", path, exc)
+            return None
+
+    def _save(self, state: _State) -> _State:
+        atomic_write(self._dir / "state.json", state.model_dump_json(indent=2))
+        return state
+
+    def _leftover_names(self) -> set[str]:
+        """Names of this lab's hosts that left anything behind, state file or not."""
+        candidates = [*cgroups_by_name(), *(name for _, name in nspawn_processes())]
+        candidates += list_names(NSPAWN_RUN / "propagate")
+        candidates += [n[6:] for n in list_names(NETNS_DIR) if n.startswith("veris-")]
+        candidates += [n[2:] for n in list_names(Path("/sys/class/net")) if n.startswith("vh")]
+        host = re.compile(rf"{self.prefix}[1-9][0-9]{{0,2}}")
+        return {name for name in candidates if host.fullmatch(name)}
+
+    def _write_inventory(self, names: Iterable[str]) -> None:
+        def services() -> dict[str, object]:  # a fresh dict per host: no YAML aliases
+            return {
+                "nginx": {
+                    "unit": "nginx.service", "port": 80, "health_url": "http://127.0.0.1/",
+                    "public": True, "config_files": ["/etc/nginx/nginx.conf"],
+                    "validate": "nginx -t -c %s", "cache_dirs": ["/var/cache/nginx"],
+                },
+                "redis-server": {"unit": "redis-server.service", "port": 6379},
+            }  # fmt: skip
+
+        document = {
+            "all": {
+                "vars": {
+                    "ansible_user": "root",
+                    "ansible_ssh_private_key_file": str(self._dir / "id_ed25519"),
+                    "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                    "-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes",
+                    "ansible_python_interpreter": "/usr/bin/python3",
+                },
+                "hosts": {
+                    name: {"ansible_host": self._address(name, 2), "veris_services": services()}
+                    for name in names
+                },
+            }
+        }
+        atomic_write(self.inventory_path(), yaml.safe_dump(document, sort_keys=False, width=1000))

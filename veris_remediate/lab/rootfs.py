@@ -1,0 +1,90 @@
+"""The lab's Debian root file system: its recipe, and the cached debootstrap build."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..exceptions import LabError
+from ._util import (
+    as_lab_error,
+    flock,
+    log_tail,
+    remove_tree,
+)
+
+SUITE = "bookworm"
+PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "ufw", "iptables",
+    "redis-server", "nginx-light", "procps", "iproute2", "sudo", "curl",
+)  # fmt: skip
+# Runs once in the new root file system (chroot). Part of the cache key: edit it, get a rebuild.
+POST_SCRIPT = """\
+set -eu
+rm -f /etc/hostname             # else every host is named after the controller
+install -d -m 0700 /root/.ssh   # sshd StrictModes; authorized_keys is bind-mounted per lab
+systemctl enable ssh.service nginx.service redis-server.service
+apt-get clean
+# ufw stays installed but inactive (its package default, ENABLED=no): roles turn it on.
+"""
+
+
+def recipe_digest() -> str:
+    """First 12 hex digits of the root file system recipe's sha256 (the cache key)."""
+    recipe = {"suite": SUITE, "variant": "minbase", "packages": PACKAGES, "post": POST_SCRIPT}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def rootfs_path(cache_dir: Path) -> Path:
+    """Where the current recipe's root file system is cached."""
+    return cache_dir.absolute() / f"rootfs-{recipe_digest()}"
+
+
+def ensure_rootfs(cache_dir: Path) -> Path:
+    """The cached root file system for the current recipe, built with debootstrap if absent."""
+    final = rootfs_path(cache_dir)
+    if final.is_dir():
+        return final
+    with as_lab_error("building the lab root file system"):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # One lock for every build in this cache: concurrent debootstraps would also write
+        # the same files in the shared debs/ download cache.
+        with flock(final.parent / "build.lock"):
+            if not final.is_dir():  # else another process built it while we waited
+                _debootstrap(final)
+    return final
+
+
+def _debootstrap(final: Path) -> None:
+    """Build into a temporary directory beside ``final``, then rename it (atomic)."""
+    cache_dir = final.parent
+    for stale in cache_dir.glob(f".{final.name}.*"):  # a build that was killed
+        remove_tree(stale)
+    debs = cache_dir / "debs"  # keeps downloads across recipe changes
+    debs.mkdir(exist_ok=True)
+    log_path = cache_dir / f"{final.name}.log"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
+    try:
+        with log_path.open("w") as log_file:
+            for argv in (
+                ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                 f"--cache-dir={debs}", SUITE, str(tmp)],
+                ["chroot", str(tmp), "/bin/sh", "-c", POST_SCRIPT],
+            ):  # fmt: skip
+                done = subprocess.run(
+                    argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    timeout=1800, check=False,
+                )  # fmt: skip
+                if done.returncode != 0:
+                    raise LabError(
+                        f"building the lab root file system failed ({argv[0]} exit "
+                        f"{done.returncode}); see {log_path}:\n{log_tail(log_path)}"
+                    )
+        tmp.chmod(0o755)  # mkdtemp made it 0700, and it becomes the hosts' "/"
+        tmp.rename(final)
+    except BaseException:
+        remove_tree(tmp)
+        raise
