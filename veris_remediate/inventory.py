@@ -10,9 +10,7 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import subprocess
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pydantic import ValidationError as PydanticValidationError
 
 from .exceptions import InventoryError
+from .resources import find_tool
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
 # The unit reaches systemctl as an argument: it must not start with "-".
@@ -297,10 +296,7 @@ def load_inventory(sources: Sequence[Path]) -> Inventory:
 
 def _ansible_inventory() -> str:
     # The ansible installed with this package first, so a virtualenv needs no PATH setup.
-    beside = Path(sys.executable).parent / "ansible-inventory"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which("ansible-inventory")
+    found = find_tool("ansible-inventory")
     if found is None:
         raise InventoryError(
             "ansible-inventory not found next to the Python interpreter or on PATH"

@@ -1,7 +1,10 @@
-"""Locate the reviewed roles and playbooks, in a source checkout or inside the wheel."""
+"""Locate the reviewed roles and playbooks (checkout or wheel) and the Ansible executables."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -29,3 +32,11 @@ def roles_dir() -> Path:
 
 def default_rules_file() -> Path:
     return _PACKAGE / "rules" / "default.yml"
+
+
+def find_tool(name: str) -> str | None:
+    """An Ansible executable installed with this interpreter (an unactivated venv), else PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)

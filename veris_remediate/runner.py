@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .events import EventFolder, RunSummary
 from .exceptions import RunnerError
+from .resources import find_tool
 
 RunStatus = Literal["successful", "failed", "timeout", "canceled", "error"]
 
@@ -52,10 +53,7 @@ class Executor(Protocol):
 
 def tool_path(name: str) -> str:
     """An Ansible executable next to the running interpreter (an unactivated venv), else PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which(name)
+    found = find_tool(name)
     if found is None:
         raise RunnerError(f"{name} not found next to {sys.executable} or on PATH")
     return found
