@@ -21,6 +21,11 @@ boundary of the stage that meets them and re-raised as one of these with ``from 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError as PydanticValidationError
+
 
 class VerisError(Exception):
     """Root of every error this package raises on purpose."""
@@ -84,3 +89,13 @@ class RunnerError(VerisError):
 
 class AuditError(VerisError):
     exit_code = 6
+
+
+def describe_problems(exc: PydanticValidationError, whole: str) -> str:
+    """pydantic's errors as one line, "field: problem; ...", for a message at the boundary.
+
+    ``whole`` names the thing itself when an error is not about one of its fields.
+    """
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or whole}: {err['msg']}" for err in exc.errors()
+    )

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from .exceptions import InventoryError
+from .exceptions import InventoryError, describe_problems
 from .resources import find_tool
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
@@ -242,11 +242,7 @@ def _services(host: str, raw: object) -> dict[str, ServiceSpec]:
         try:
             services[name] = ServiceSpec.model_validate(values)
         except PydanticValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise InventoryError(f"{where}: {problems}") from exc
+            raise InventoryError(f"{where}: {describe_problems(exc, 'entry')}") from exc
     probe = InventoryHost(name=host, address=None, groups=(), services=services)
     for name in services:  # a restart order that cannot be computed is an inventory bug
         try:

@@ -26,7 +26,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from .alerts import Alert, shown
-from .exceptions import NoRuleError, RoutingError, UsageError
+from .exceptions import NoRuleError, RoutingError, UsageError, describe_problems
 from .inventory import Inventory, InventoryHost, ServiceSpec
 from .resources import default_rules_file
 from .targeting import Target
@@ -176,10 +176,7 @@ def load_rules(path: Path | None) -> RuleSet:
         try:
             rule = Rule.model_validate(item)
         except PydanticValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'rule'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = describe_problems(exc, "rule")
             raise UsageError(f"rules file {source}: rules[{index}]: {problems}") from exc
         if not rule.match_alertnames and not rule.match_labels:
             raise UsageError(
