@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,8 +49,9 @@ class Decision(BaseModel):
     outcome: Outcome | None = None
 
 
-def _describe_health(health: dict[str, Any]) -> str:
-    parts = [f"{health.get('unit')} is {health.get('active_state')}"]
+def describe_health(health: Mapping[str, Any]) -> str:
+    """One line of what a health report (diagnosis or verify) says."""
+    parts = [f"{health.get('unit')} is {health.get('active_state')} ({health.get('sub_state')})"]
     if health.get("port") is not None:
         parts.append(f"port {health.get('port')} {'open' if health.get('port_open') else 'closed'}")
     if health.get("health_url"):
@@ -89,10 +91,10 @@ def decide(
     if health is None:
         return final("escalate", 0.0, ["diagnosis produced no health report"], "escalated")
     if health.get("healthy") is True:
-        reason = f"healthy before any change: {_describe_health(health)}; nothing to do"
+        reason = f"healthy before any change: {describe_health(health)}; nothing to do"
         return final("skip", 1.0, [reason], "not_needed")
 
-    reasons = [f"diagnosis: {_describe_health(health)}"]
+    reasons = [f"diagnosis: {describe_health(health)}"]
     if not check.completed:
         # Timed out or cancelled: the preview is partial, so it predicts nothing.
         reasons.append("the check run did not finish (timeout or cancelled): no full preview")

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .decision import describe_health
 from .events import HostSummary, RunSummary
 
 Severity = Literal["info", "warning", "critical"]
@@ -43,8 +44,8 @@ def assess_apply(apply: RunSummary, host: str) -> Verdict:
         reasons.append("no post-fix health check ran (the apply run stopped before it)")
         return Verdict(ok=False, reasons=tuple(reasons))
     if verify.get("healthy") is True and not reasons:
-        return Verdict(ok=True, reasons=(f"healthy after the fix: {_state(verify)}",))
-    reasons.append(f"unhealthy after the fix: {_state(verify)}")
+        return Verdict(ok=True, reasons=(f"healthy after the fix: {describe_health(verify)}",))
+    reasons.append(f"unhealthy after the fix: {describe_health(verify)}")
     return Verdict(ok=False, reasons=tuple(reasons))
 
 
@@ -86,15 +87,6 @@ def assess_rollback(rollback: RunSummary, host: str, prior: Sequence[Mapping[str
     if report.get("restored") is not True:
         reasons.append("the rollback role reports the prior state is not restored")
     return Verdict(ok=False, reasons=tuple(reasons))
-
-
-def _state(health: Mapping[str, Any]) -> str:
-    bits = [f"{health.get('unit')} {health.get('active_state')}/{health.get('sub_state')}"]
-    if health.get("port") is not None:
-        bits.append(f"port {health.get('port')} {'open' if health.get('port_open') else 'closed'}")
-    if health.get("health_url"):
-        bits.append(f"HTTP {health.get('http_status') or 'no answer'}")
-    return ", ".join(bits)
 
 
 def findings(host: str, health: Mapping[str, Any] | None) -> list[Finding]:
