@@ -32,6 +32,28 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _route_result(
+    route: Route,
+    decision: Action,
+    outcome: Outcome,
+    reasons: str | Sequence[str],
+    **more: Any,
+) -> RemediationResult:
+    """A result about one routed alert; ``more`` adds confidence, phases, findings…"""
+    return RemediationResult(
+        host=route.target.host,
+        alert=route.alert.name,
+        fingerprint=route.alert.fingerprint,
+        workflow=route.workflow,
+        remediation=route.fix,
+        service=route.service.name,
+        decision=decision,
+        outcome=outcome,
+        reasons=(reasons,) if isinstance(reasons, str) else tuple(reasons),
+        **more,
+    )
+
+
 def _payload_result(decision: Action, outcome: Outcome, reason: str) -> RemediationResult:
     """A result about the payload as a whole, before any host is known."""
     return RemediationResult(
@@ -209,7 +231,7 @@ class Remediator:
                     f"{len(hosts)} hosts in one payload exceeds the blast-radius cap "
                     f"of {self.settings.max_hosts}"
                 )
-                results += [self._refused(r, "escalate", "escalated", reason) for r in routes]
+                results += [_route_result(r, "escalate", "escalated", reason) for r in routes]
                 routes = []
             for index, route in enumerate(routes):
                 results.append(self._remediate(run_id, f"{index}-{route.target.host}", route, mode))
@@ -238,21 +260,6 @@ class Remediator:
         )
         return report
 
-    def _refused(
-        self, route: Route, decision: Action, outcome: Outcome, reason: str
-    ) -> RemediationResult:
-        return RemediationResult(
-            host=route.target.host,
-            alert=route.alert.name,
-            fingerprint=route.alert.fingerprint,
-            workflow=route.workflow,
-            remediation=route.fix,
-            service=route.service.name,
-            decision=decision,
-            outcome=outcome,
-            reasons=(reason,),
-        )
-
     def _remediate(self, run_id: str, slot: str, route: Route, mode: Mode) -> RemediationResult:
         host = route.target.host
         brake = self.workspace.brake() if mode == "handle" else None
@@ -261,7 +268,7 @@ class Remediator:
             self.audit.append(
                 "decision", {"host": host, "action": "brake", "reason": reason}, run_id
             )
-            return self._refused(route, "brake", "blocked", reason)
+            return _route_result(route, "brake", "blocked", reason)
         try:
             with self.workspace.host_lock(host):
                 return _Remediation(self, run_id, slot, route, mode).run()
@@ -269,7 +276,7 @@ class Remediator:
             self.audit.append(
                 "decision", {"host": host, "action": "escalate", "reason": exc.message}, run_id
             )
-            return self._refused(route, "escalate", "escalated", exc.message)
+            return _route_result(route, "escalate", "escalated", exc.message)
 
     def run_step(
         self, run_id: str, slot: str, step: PlaybookStep, host: str, control_dir: Path
@@ -328,23 +335,18 @@ class _Remediation:
     def result(
         self,
         decision: Decision | None,
-        action: str,
-        outcome: str,
+        action: Action,
+        outcome: Outcome,
         reasons: Sequence[str],
         rolled_back: bool = False,
     ) -> RemediationResult:
-        return RemediationResult(
-            host=self.host,
-            alert=self.route.alert.name,
-            fingerprint=self.route.alert.fingerprint,
-            workflow=self.route.workflow,
-            remediation=self.route.fix,
-            service=self.route.service.name,
-            decision=action,
+        return _route_result(
+            self.route,
+            action,
+            outcome,
+            reasons,
             confidence=decision.confidence if decision else 0.0,
-            outcome=outcome,
             rolled_back=rolled_back,
-            reasons=tuple(reasons),
             phases=tuple(self.phases.records),
             findings=tuple(self.findings),
         )
@@ -459,7 +461,7 @@ class _Remediation:
         rollback = self.step(rollback_step(plan, prior))
         verdict = assess_rollback(rollback.summary, self.host, prior)
         reasons += verdict.reasons
-        outcome = "rolled_back" if verdict.ok else "failed"
+        outcome: Outcome = "rolled_back" if verdict.ok else "failed"
         self.o.workspace.append_history(self.host, plan.fix.name, outcome)
         return self.result(decision, "apply", outcome, reasons, rolled_back=verdict.ok)
 
