@@ -1,8 +1,8 @@
 """Resolve an alert's host labels to exactly one inventory host, or refuse.
 
-The host name ends up as an Ansible ``--limit``; anything Ansible would read as a
-pattern (``all``, globs, ``!x``, ``&x``, ``~regex``, ranges, lists) is refused
-before it gets near one, and so is every host that is not in the inventory.
+The host name ends up in the one-host group every play targets; anything Ansible
+would read as a pattern (``all``, globs, ``!x``, ``&x``, ``~regex``, ranges, lists)
+is refused before it gets near one, and so is every host that is not in the inventory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .alerts import Alert, shown
 from .exceptions import TargetError
-from .inventory import Inventory
+from .inventory import IMPLICIT_GROUPS, Inventory
 
 TARGET_LABELS = ("instance", "host", "hostname", "nodename", "target")
 # Host-name labels; "_" is allowed because inventory names are Ansible names, not DNS.
@@ -121,7 +121,7 @@ def resolve_target(alert: Alert, inventory: Inventory) -> Target:
     found: list[Target] = []
     unknown: list[tuple[str, str]] = []
     for label, value in present:
-        target = _lookup(label, value, inventory, groups | {"all", "ungrouped"})
+        target = _lookup(label, value, inventory, groups | IMPLICIT_GROUPS)
         if target is None:
             unknown.append((label, value))
         else:
