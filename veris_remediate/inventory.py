@@ -1,11 +1,19 @@
-"""Read the operator's Ansible inventory and the services each host lets veris touch.
+"""Read the operator's Ansible inventory and what each host lets veris touch.
 
-The inventory file is trusted, but ``veris_services`` decides what a fix may restart,
-delete or open, so every entry is validated strictly and a bad one stops the load.
+The inventory file is trusted, but it decides what a fix may restart, delete or open, so
+every veris key is validated strictly and a bad one stops the load:
+
+- ``veris_services``: the services fixes may act on (restart, repair, clear caches of);
+- ``veris_firewall``: the host's intended firewall policy; declaring it (even ``{}``) is
+  the opt-in to firewall hardening, which closes every port not allowed here, by a
+  ``public: true`` service, or by SSH;
+- ``veris_cache``: optional host-wide relief that cache clearing may add (journald
+  vacuum, ``apt-get clean``, dropping the page cache).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import posixpath
@@ -14,7 +22,7 @@ import subprocess
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
@@ -157,8 +165,80 @@ class ServiceSpec(_ValidateField):
         return value
 
 
+PORT_RANGE = re.compile(r"([1-9][0-9]{0,4}):([1-9][0-9]{0,4})")
+# journalctl --vacuum-size takes bytes with an optional K, M, G or T.
+VACUUM_SIZE = re.compile(r"[1-9][0-9]{0,11}[KMGT]?")
+
+
+class FirewallAllow(BaseModel):
+    """One entry of ``veris_firewall.allow``: incoming traffic hardening keeps allowed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    port: Annotated[StrictInt, Field(ge=1, le=65535)] | StrictStr
+    proto: Literal["tcp", "udp", "any"] = "tcp"
+    # ``from`` in the inventory (a Python keyword, hence the alias): a CIDR, an address or any.
+    source: StrictStr = Field(default="any", alias="from")
+    comment: StrictStr | None = None
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            return value
+        match = PORT_RANGE.fullmatch(value)
+        if match is None or not 1 <= int(match[1]) < int(match[2]) <= 65535:
+            raise ValueError(f"port {value[:40]!r} must be a port or a range LOW:HIGH")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if value == "any":
+            return value
+        try:
+            return str(ipaddress.ip_network(value, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"from {value[:60]!r} must be any, an address or a CIDR") from exc
+
+    @field_validator("comment")
+    @classmethod
+    def _comment(cls, value: str | None) -> str | None:
+        # ufw stores it in its rules file; keep it to plain words.
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9 _.,:/@+=-]{1,64}", value):
+            raise ValueError("comment may only use [A-Za-z0-9 _.,:/@+=-], at most 64 characters")
+        return value
+
+
+class FirewallPolicy(BaseModel):
+    """``veris_firewall``: the host's intended incoming firewall policy (and the opt-in)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow: tuple[FirewallAllow, ...] = ()
+    # Delete ufw allow rules this policy does not declare (they are restored on rollback).
+    prune: StrictBool = True
+
+
+class CachePolicy(BaseModel):
+    """``veris_cache``: host-wide relief cache clearing may add to emptying cache_dirs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    journal_vacuum_size: StrictStr | None = None
+    apt_clean: StrictBool = False
+    drop_page_cache: StrictBool = False
+
+    @field_validator("journal_vacuum_size")
+    @classmethod
+    def _vacuum(cls, value: str | None) -> str | None:
+        if value is not None and not VACUUM_SIZE.fullmatch(value):
+            raise ValueError(f"journal_vacuum_size {value[:20]!r} must be like 200M or 1G")
+        return value
+
+
 class InventoryHost(BaseModel):
-    """A host of the inventory and the services it declares (possibly none)."""
+    """A host of the inventory and what it declares (possibly nothing)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -166,6 +246,8 @@ class InventoryHost(BaseModel):
     address: str | None  # ansible_host, when set
     groups: tuple[str, ...]
     services: dict[str, ServiceSpec]
+    firewall: FirewallPolicy | None = None  # None: the host does not opt in to hardening
+    cache: CachePolicy = Field(default_factory=CachePolicy)
 
 
 class Inventory(BaseModel):
@@ -197,6 +279,8 @@ def parse_inventory_listing(listing: Mapping[str, Any], sources: Sequence[Path])
             address=address,
             groups=tuple(sorted(groups.get(name, set()) - IMPLICIT_GROUPS)),
             services=_services(name, variables.get("veris_services")),
+            firewall=_policy(name, "veris_firewall", FirewallPolicy, variables),
+            cache=_policy(name, "veris_cache", CachePolicy, variables) or CachePolicy(),
         )
     return Inventory(sources=tuple(sources), hosts=hosts)
 
@@ -223,6 +307,24 @@ def _host_groups(listing: Mapping[str, Any]) -> dict[str, set[str]]:
                 pending.extend(parents.get(group, ()))
         result[host] = seen
     return result
+
+
+P = TypeVar("P", FirewallPolicy, CachePolicy)
+
+
+def _policy(host: str, key: str, model: type[P], variables: Mapping[str, Any]) -> P | None:
+    """A host-level veris key, validated; None when the host does not declare it."""
+    if key not in variables:
+        return None
+    raw = variables[key]
+    if raw is None:
+        raw = {}  # `veris_firewall:` with nothing under it still opts in
+    if not isinstance(raw, Mapping):
+        raise InventoryError(f"host {host}: {key} must be a mapping")
+    try:
+        return model.model_validate(raw)
+    except PydanticValidationError as exc:
+        raise InventoryError(f"host {host}, {key}: {describe_problems(exc, key)}") from exc
 
 
 def _services(host: str, raw: object) -> dict[str, ServiceSpec]:

@@ -409,7 +409,12 @@ class Lab:
                     "ansible_python_interpreter": "/usr/bin/python3",
                 },
                 "hosts": {
-                    name: {"ansible_host": self._address(name, 2), "veris_services": services()}
+                    name: {
+                        "ansible_host": self._address(name, 2),
+                        "veris_services": services(),
+                        # Opt in to firewall hardening: SSH and nginx (public) stay open.
+                        "veris_firewall": {"allow": []},
+                    }
                     for name in names
                 },
             }
