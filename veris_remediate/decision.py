@@ -1,14 +1,34 @@
-"""Check-run summary + context → Decision: apply, skip or escalate, with confidence and reasons."""
+"""Check-run summary + fix spec → Decision: apply, skip or escalate, with confidence and reasons.
+
+The score starts at 1.0 and every signal that lowers it says why in the reasons:
+
+- the fix's assessment (the report its spec names as ``assess``) decides whether there is
+  a problem at all (no: ``not_needed``) and whether this fix can help (a blocker: escalate);
+- the preview must predict a change by one of the fix's ``expected_changes`` (none: it
+  would not help), each predicted change by another module costs 0.25, each task check
+  mode cannot predict 0.15, and each risk the role saw costs what it says (a firewall
+  change that would shut out a connected client, …);
+- the fix's risk class multiplies (low 1.0, medium 0.85, high 0.7), and each recent
+  failure or rollback of this fix on this host halves it.
+
+Anything unfinished, unreadable or unknown escalates rather than applies.
+
+**Irreversible fixes** (``reversible: false``: nothing can be rolled back, e.g. deleting
+cache files) are applied only on an exact preview: a predicted change by any other
+module, a task check mode cannot predict, or any recent failure of the fix on this host
+escalates outright instead of merely lowering the score.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .events import RunSummary
-from .planner import FixProfile
+from .events import HostSummary, RunSummary
+from .fixes import FixSpec
+from .role_reports import Assessment, Blocker
+from .workspace import History
 
 Action = Literal["apply", "skip", "escalate", "reject", "brake"]
 Outcome = Literal[
@@ -22,20 +42,10 @@ Outcome = Literal[
     "blocked",
 ]
 
-_RISK_FACTOR = {"low": 1.0, "medium": 0.85, "high": 0.7}
-_UNEXPECTED_CHANGE_PENALTY = 0.25
-_UNPREDICTABLE_PENALTY = 0.15
-_PAST_FAILURE_FACTOR = 0.5
-
-
-class History(BaseModel):
-    """This fix's recent outcomes on this host."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    resolved: int = 0
-    rolled_back: int = 0
-    failed: int = 0
+RISK_FACTOR = {"low": 1.0, "medium": 0.85, "high": 0.7}
+UNEXPECTED_CHANGE_PENALTY = 0.25
+UNPREDICTABLE_PENALTY = 0.15
+PAST_FAILURE_FACTOR = 0.5
 
 
 class Decision(BaseModel):
@@ -47,28 +57,21 @@ class Decision(BaseModel):
     reasons: tuple[str, ...]
     # Set when the decision already settles the outcome (nothing to apply).
     outcome: Outcome | None = None
-
-
-def describe_health(health: Mapping[str, Any]) -> str:
-    """One line of what a health report (diagnosis or verify) says."""
-    parts = [f"{health.get('unit')} is {health.get('active_state')} ({health.get('sub_state')})"]
-    if health.get("port") is not None:
-        parts.append(f"port {health.get('port')} {'open' if health.get('port_open') else 'closed'}")
-    if health.get("health_url"):
-        status = health.get("http_status") or "no answer"
-        parts.append(f"HTTP probe {'ok' if health.get('http_ok') else 'failing'} ({status})")
-    if health.get("config_valid") is False:
-        parts.append("config invalid")
-    return ", ".join(parts)
+    # Why the fix cannot help, when the assessment says so (a rule may hand off on it).
+    blocker: Blocker | None = None
 
 
 def decide(
-    check: RunSummary, host: str, fix: FixProfile, history: History, threshold: float
+    check: RunSummary, host: str, fix: FixSpec, history: History, threshold: float
 ) -> Decision:
     """Score a previewed fix. Below ``threshold`` a human decides; nothing is applied."""
 
     def final(
-        action: Action, confidence: float, reasons: list[str], outcome: Outcome | None
+        action: Action,
+        confidence: float,
+        reasons: list[str],
+        outcome: Outcome | None,
+        blocker: Blocker | None = None,
     ) -> Decision:
         return Decision(
             action=action,
@@ -76,6 +79,7 @@ def decide(
             threshold=threshold,
             reasons=tuple(reasons),
             outcome=outcome,
+            blocker=blocker,
         )
 
     if not check.check:
@@ -86,57 +90,96 @@ def decide(
         return final("skip", 0.0, [f"{host} is unreachable over SSH: {msg}".strip()], "failed")
     if not hs.tasks:
         return final("skip", 0.0, [f"the check run returned no result for {host}"], "failed")
+    if hs.report_errors:
+        reasons = [f"a role's report was refused: {e}" for e in hs.report_errors]
+        return final("escalate", 0.0, reasons, "escalated")
 
-    health = hs.reports.get("health")
-    if health is None:
-        return final("escalate", 0.0, ["diagnosis produced no health report"], "escalated")
-    if health.get("healthy") is True:
-        reason = f"healthy before any change: {describe_health(health)}; nothing to do"
+    assessment = hs.report(fix.reports.assess)
+    if not isinstance(assessment, Assessment):
+        reason = f"the check run produced no {fix.reports.assess} report (the diagnosis)"
+        return final("escalate", 0.0, [reason], "escalated")
+    if not assessment.problem_present():
+        reason = f"no problem found: {assessment.describe()}; nothing to do"
         return final("skip", 1.0, [reason], "not_needed")
 
-    reasons = [f"diagnosis: {describe_health(health)}"]
+    reasons = [f"diagnosis: {assessment.describe()}"]
     if not check.completed:
         # Timed out or cancelled: the preview is partial, so it predicts nothing.
         reasons.append("the check run did not finish (timeout or cancelled): no full preview")
         return final("escalate", 0.0, reasons, "escalated")
     failed = hs.failed_tasks
+    reasons += [f"check run failed at {t.task!r}: {t.msg}" for t in failed]
+    blocker = assessment.blocker()
+    if blocker is not None:
+        reasons.append(blocker.reason)
+        return final("escalate", 0.0, reasons, "escalated", blocker)
     if failed:
-        reasons += [f"check run failed at {t.task!r}: {t.msg}" for t in failed]
-        return final("escalate", 0.0, reasons, "escalated")
-    if health.get("config_valid") is False:
-        errors = "; ".join(str(e) for e in (health.get("config_errors") or [])[:3])
-        reasons.append(f"configuration does not validate, a restart cannot help: {errors}")
         return final("escalate", 0.0, reasons, "escalated")
 
-    expected = [t for t in hs.changed_tasks if t.action in fix.expected_actions]
-    unexpected = [t for t in hs.changed_tasks if t.action not in fix.expected_actions]
-    if not expected:
-        reasons.append("the preview predicts no change the fix is meant to make: it would not help")
-        return final("escalate", 0.1, reasons, "escalated")
-
-    score = 1.0
-    reasons.append(
-        "preview predicts the expected change(s): " + ", ".join(t.task for t in expected)
-    )
-    if unexpected:
-        score -= _UNEXPECTED_CHANGE_PENALTY * len(unexpected)
-        reasons.append("unexpected predicted change(s): " + ", ".join(t.task for t in unexpected))
-    unpredictable = hs.unpredictable_tasks
-    if unpredictable:
-        score -= _UNPREDICTABLE_PENALTY * len(unpredictable)
-        reasons.append("check mode cannot predict: " + ", ".join(t.task for t in unpredictable))
-    score *= _RISK_FACTOR[fix.risk]
-    reasons.append(f"risk class {fix.risk}")
-    bad = history.failed + history.rolled_back
-    if bad:
-        score *= _PAST_FAILURE_FACTOR**bad
-        reasons.append(f"this fix failed or was rolled back {bad} time(s) on {host} recently")
-    elif history.resolved:
-        reasons.append(f"this fix resolved {history.resolved} recent alert(s) on {host}")
-
+    score, outright = _score(hs, host, fix, assessment, history, reasons)
+    if outright:  # the reasons say why
+        return final("escalate", score, reasons, "escalated")
     score = max(0.0, min(1.0, score))
     if score >= threshold:
         reasons.append(f"confidence {score:.2f} >= threshold {threshold:.2f}: apply")
         return final("apply", score, reasons, None)
     reasons.append(f"confidence {score:.2f} < threshold {threshold:.2f}: needs approval")
     return final("escalate", score, reasons, "escalated")
+
+
+def _score(
+    hs: HostSummary,
+    host: str,
+    fix: FixSpec,
+    assessment: Assessment,
+    history: History,
+    reasons: list[str],
+) -> tuple[float, bool]:
+    """The preview's score, adding to ``reasons``; True when it must escalate outright."""
+    expected = [t for t in hs.changed_tasks if t.action in fix.expected_changes]
+    unexpected = [t for t in hs.changed_tasks if t.action not in fix.expected_changes]
+    unpredictable = hs.unpredictable_tasks
+    if not expected:
+        reasons.append("the preview predicts no change the fix is meant to make: it would not help")
+        return 0.1, True
+    reasons.append(
+        "preview predicts the expected change(s): "
+        + ", ".join(dict.fromkeys(t.task for t in expected))
+    )
+    if not fix.reversible:
+        refusals = []
+        if unexpected:
+            refusals.append("it predicts other changes: " + ", ".join(t.task for t in unexpected))
+        if unpredictable:
+            refusals.append(
+                "check mode cannot predict: " + ", ".join(t.task for t in unpredictable)
+            )
+        if history.failed or history.rolled_back:
+            refusals.append(f"it failed on {host} recently")
+        if refusals:
+            reasons += [
+                f"irreversible fix, applied only on an exact preview: {r}" for r in refusals
+            ]
+            return 0.0, True
+
+    score = 1.0
+    if unexpected:
+        score -= UNEXPECTED_CHANGE_PENALTY * len(unexpected)
+        reasons.append("unexpected predicted change(s): " + ", ".join(t.task for t in unexpected))
+    if unpredictable:
+        score -= UNPREDICTABLE_PENALTY * len(unpredictable)
+        reasons.append("check mode cannot predict: " + ", ".join(t.task for t in unpredictable))
+    for signal in assessment.signals():
+        score -= signal.penalty
+        reasons.append(f"{signal.reason} (-{signal.penalty:.2f})")
+    score *= RISK_FACTOR[fix.risk]
+    reasons.append(
+        f"risk class {fix.risk}" + ("" if fix.reversible else ", irreversible: no rollback")
+    )
+    bad = history.failed + history.rolled_back
+    if bad:
+        score *= PAST_FAILURE_FACTOR**bad
+        reasons.append(f"this fix failed or was rolled back {bad} time(s) on {host} recently")
+    elif history.resolved:
+        reasons.append(f"this fix resolved {history.resolved} recent alert(s) on {host}")
+    return score, False

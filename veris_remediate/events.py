@@ -8,14 +8,19 @@ in check mode is not in the events: the caller records it (RunSummary.check).
 
 from __future__ import annotations
 
+import difflib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+
+from .role_reports import Report, ReportError, parse_report
 
 TaskStatus = Literal["ok", "changed", "failed", "unreachable", "skipped"]
 
 _MSG_LIMIT = 500
+_DIFF_LIMIT = 4000  # characters of one task's diff kept for the preview
 # Module results that mean "check mode could not tell what this task would do".
 _UNPREDICTABLE_MARKERS = (
     "would have run if not in check mode",
@@ -43,7 +48,7 @@ class TaskResult(BaseModel):
     ignored: bool = False
     unpredictable: bool = False
     msg: str = ""
-    has_diff: bool = False
+    diff: str = ""  # what --diff showed for this task, as text (cut at _DIFF_LIMIT)
 
 
 class HostSummary(BaseModel):
@@ -53,9 +58,14 @@ class HostSummary(BaseModel):
 
     host: str
     tasks: tuple[TaskResult, ...] = ()
-    # Structured results the roles emit as ``veris_report`` (kind -> report), last one wins.
-    reports: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The roles' typed reports (role_reports), by kind; the last one of a kind wins.
+    reports: dict[str, SerializeAsAny[Report]] = Field(default_factory=dict)
+    # Reports that failed validation: a role and Python disagree, so nothing is trusted.
+    report_errors: tuple[str, ...] = ()
     stats: dict[str, int] = Field(default_factory=dict)
+
+    def report(self, kind: str | None) -> Report | None:
+        return self.reports.get(kind) if kind else None
 
     def count(self, status: TaskStatus) -> int:
         return sum(1 for t in self.tasks if t.status == status)
@@ -112,6 +122,38 @@ def _message(res: Mapping[str, Any]) -> str:
     return _text(msg)
 
 
+def _side(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.splitlines(keepends=True)
+    return [line + "\n" for line in json.dumps(value, indent=2, sort_keys=True).splitlines()]
+
+
+def diff_text(diff: object) -> str:
+    """A task's ``diff`` result (a mapping or a list of them) as unified-diff text."""
+    parts = diff if isinstance(diff, list) else [diff]
+    out: list[str] = []
+    for part in parts:
+        if not isinstance(part, Mapping):
+            continue
+        if isinstance(part.get("prepared"), str):
+            out.append(part["prepared"].rstrip("\n") + "\n")
+            continue
+        if "before" not in part and "after" not in part:
+            continue
+        out.extend(
+            difflib.unified_diff(
+                _side(part.get("before")),
+                _side(part.get("after")),
+                fromfile=_text(part.get("before_header") or "before"),
+                tofile=_text(part.get("after_header") or "after"),
+            )
+        )
+    text = "".join(out)
+    return text if len(text) <= _DIFF_LIMIT else text[:_DIFF_LIMIT] + "\n[diff cut short]\n"
+
+
 def _is_unpredictable(status: str, res: Mapping[str, Any], check: bool) -> bool:
     if not check:
         return False
@@ -135,7 +177,8 @@ class EventFolder:
     def __init__(self, *, check: bool) -> None:
         self._check = check
         self._tasks: dict[str, list[TaskResult]] = {}
-        self._reports: dict[str, dict[str, dict[str, Any]]] = {}
+        self._reports: dict[str, dict[str, Report]] = {}
+        self._report_errors: dict[str, list[str]] = {}
         self._stats: dict[str, dict[str, int]] = {}
         self._completed = False
         self._events = 0
@@ -160,9 +203,12 @@ class EventFolder:
             status = "changed"
         report = res.get("veris_report")
         if status in ("ok", "changed") and isinstance(report, Mapping):
-            kind = report.get("kind")
-            if isinstance(kind, str):
-                self._reports.setdefault(host, {})[kind] = dict(report)
+            try:
+                typed = parse_report(report)
+            except ReportError as exc:
+                self._report_errors.setdefault(host, []).append(str(exc))
+            else:
+                self._reports.setdefault(host, {})[typed.kind] = typed
         self._tasks.setdefault(host, []).append(
             TaskResult(
                 host=host,
@@ -173,7 +219,7 @@ class EventFolder:
                 ignored=bool(data.get("ignore_errors")),
                 unpredictable=_is_unpredictable(status, res, self._check),
                 msg=_message(res) if status in ("failed", "unreachable", "skipped") else "",
-                has_diff=bool(res.get("diff")),
+                diff=diff_text(res.get("diff")) if res.get("diff") else "",
             )
         )
 
@@ -186,7 +232,7 @@ class EventFolder:
                     self._stats.setdefault(str(host), {})[key] = int(n)
 
     def summary(self) -> RunSummary:
-        names = set(self._tasks) | set(self._stats)
+        names = set(self._tasks) | set(self._stats) | set(self._report_errors)
         return RunSummary(
             check=self._check,
             completed=self._completed,
@@ -196,6 +242,7 @@ class EventFolder:
                     host=h,
                     tasks=tuple(self._tasks.get(h, ())),
                     reports=self._reports.get(h, {}),
+                    report_errors=tuple(self._report_errors.get(h, ())),
                     stats=self._stats.get(h, {}),
                 )
                 for h in sorted(names)

@@ -8,6 +8,7 @@
     │   ├── TargetError                    no single inventory host, or a host pattern
     │   └── RoutingError                   no rule, or a service the host does not declare
     ├── InventoryError             exit 2  the operator's inventory cannot be read
+    ├── FixSpecError               exit 2  a role's fix spec (meta/veris_fix.yml) is broken
     ├── EscalatedError             exit 4  a human must decide (busy host, low confidence)
     │   └── NoRuleError                    no routing rule or no automatic fix for this alert
     ├── BrakeEngagedError          exit 7  the emergency brake is on
@@ -44,6 +45,10 @@ class UsageError(VerisError):
 
 
 class InventoryError(VerisError):
+    exit_code = 2
+
+
+class FixSpecError(VerisError):
     exit_code = 2
 
 

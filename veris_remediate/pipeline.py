@@ -12,17 +12,22 @@ from typing import Any, Literal
 
 from .alerts import Alert, AlertBatch, parse_payload
 from .audit import AuditLog
-from .decision import Action, Decision, History, Outcome, decide
-from .exceptions import EscalatedError, NoRuleError, RejectedError
+from .baselines import BaselineEntry, BaselineResult, BaselineStore
+from .decision import Action, Decision, Outcome, decide
+from .events import RunSummary
+from .exceptions import EscalatedError, NoRuleError, RejectedError, UsageError, VerisError
+from .fixes import FixCatalog, FixSpec, load_fixes
 from .inventory import Inventory, load_inventory
 from .planner import PlaybookStep, RemediationPlan, apply_step, build_plan, rollback_step
-from .report import PhaseRecord, RemediationResult, RunReport, build_report
+from .report import PhaseRecord, PreviewChange, RemediationResult, RunReport, build_report
 from .resources import playbooks_dir, roles_dir
+from .role_reports import Assessment, Finding, Snapshot
+from .role_reports.baseline import BaselineReport
 from .routing import Route, RuleSet, dedupe_routes, load_rules, route_alert
 from .runner import AnsibleRunnerExecutor, Executor, RunRequest, RunResult, close_control_masters
 from .settings import Settings, settings_from_env
 from .targeting import resolve_target
-from .verify import Finding, assess_apply, assess_rollback, findings, prior_states
+from .verify import assess_apply, assess_rollback, findings, taken_snapshot
 from .workspace import Workspace
 
 Mode = Literal["handle", "check_only", "diagnose"]
@@ -46,7 +51,7 @@ def _route_result(
         fingerprint=route.alert.fingerprint,
         workflow=route.workflow,
         remediation=route.fix,
-        service=route.service.name,
+        service=route.service_name,
         decision=decision,
         outcome=outcome,
         reasons=(reasons,) if isinstance(reasons, str) else tuple(reasons),
@@ -102,7 +107,9 @@ class Remediator:
         self._inventory_arg = inventory
         self._inventory: Inventory | None = inventory if isinstance(inventory, Inventory) else None
         self._rules: RuleSet | None = None
+        self.fixes: FixCatalog = load_fixes()
         self.workspace = Workspace(self.settings.state_dir)
+        self.baselines = BaselineStore(self.settings.state_dir)
         self.audit = AuditLog(self.settings.state_dir / "audit.jsonl")
         # Engaging the brake cancels fix runs in flight: the runner polls this.
         self.executor: Executor = executor or AnsibleRunnerExecutor(
@@ -122,7 +129,7 @@ class Remediator:
     @property
     def rules(self) -> RuleSet:
         if self._rules is None:
-            self._rules = load_rules(self.settings.rules_file)
+            self._rules = load_rules(self.settings.rules_file, self.fixes)
         return self._rules
 
     def _intake(self, run_id: str, payload: bytes | str) -> AlertBatch:
@@ -155,7 +162,7 @@ class Remediator:
         for alert in alerts:
             try:
                 target = resolve_target(alert, self.inventory)
-                routes.append(route_alert(alert, target, self.inventory, self.rules))
+                routes.append(route_alert(alert, target, self.inventory, self.rules, self.fixes))
             except (RejectedError, EscalatedError) as exc:
                 rejected = isinstance(exc, RejectedError)
                 refused.append(
@@ -200,7 +207,17 @@ class Remediator:
             if first.outcome == "rejected":
                 raise RejectedError(first.reasons[0])
             raise EscalatedError(first.reasons[0])
-        return [build_plan(r, self.inventory, self.settings, run_id) for r in routes]
+        return [self.build_plan(r, run_id) for r in routes]
+
+    def build_plan(self, route: Route, run_id: str) -> RemediationPlan:
+        """The plan for one route, with the baseline copies its fix may need."""
+        spec = self.fixes.get(route.fix) if route.fix else None
+        baseline = []
+        if spec is not None and "baseline" in spec.requires and route.service is not None:
+            baseline = self.baselines.copies(route.target.host, route.service.config_files)
+        return build_plan(
+            route, self.inventory, self.settings, run_id, catalog=self.fixes, baseline=baseline
+        )
 
     # -- the loop -----------------------------------------------------------------
 
@@ -279,10 +296,16 @@ class Remediator:
             return _route_result(route, "escalate", "escalated", exc.message)
 
     def run_step(
-        self, run_id: str, slot: str, step: PlaybookStep, host: str, control_dir: Path
+        self,
+        run_id: str,
+        slot: str,
+        step: PlaybookStep,
+        hosts: str | Sequence[str],
+        control_dir: Path,
     ) -> RunResult:
+        targets = [hosts] if isinstance(hosts, str) else list(hosts)
         prepared = self.workspace.prepare_step(
-            run_id, slot, step, host, idle_timeout=self.settings.idle_timeout
+            run_id, slot, step, targets, idle_timeout=self.settings.idle_timeout
         )
         request = RunRequest(
             phase=step.phase,
@@ -298,28 +321,114 @@ class Remediator:
             result = self.executor.run(request)
         finally:
             self.workspace.scrub(prepared)
-        hs = result.summary.host(host)
         self.audit.append(
             f"run.{step.phase}",
             {
-                "host": host,
+                "hosts": targets,
                 "playbook": step.playbook,
                 "check": step.check,
                 "status": result.status,
                 "rc": result.rc,
                 "seconds": result.seconds,
                 "tasks": [
-                    {"task": t.task, "action": t.action, "status": t.status, "msg": t.msg}
-                    for t in hs.tasks
+                    {"host": h, "task": t.task, "action": t.action, "status": t.status,
+                     "msg": t.msg}
+                    for h in targets
+                    for t in result.summary.host(h).tasks
                 ],
             },
             run_id,
-        )
+        )  # fmt: skip
         return result
+
+    # -- baseline -------------------------------------------------------------------------
+
+    def baseline(self, limit: str | None = None) -> BaselineResult:
+        """Record last-known-good config copies of healthy services (``baseline`` command)."""
+        if limit is not None and limit not in self.inventory.hosts:
+            raise UsageError(f"--limit {limit[:80]!r} is not a host of the inventory")
+        hosts = [
+            h
+            for h in self.inventory.hosts.values()
+            if limit in (None, h.name) and any(s.config_files for s in h.services.values())
+        ]
+        run_id = self.workspace.new_run_id()
+        entries: list[BaselineEntry] = []
+        if not hosts:
+            return BaselineResult(run_id=run_id, entries=(), exit_code=0)
+        step = PlaybookStep(
+            phase="baseline",
+            playbook="baseline.yml",
+            check=False,
+            extravars={
+                "veris_run_id": run_id,
+                "veris_baseline_hosts": [
+                    {"host": h.name,
+                     "services": [s.model_dump(mode="json") for s in h.services.values()]}
+                    for h in hosts
+                ],
+            },
+        )  # fmt: skip
+        control_dir = self.workspace.control_dir(run_id)
+        try:
+            run = self.run_step(run_id, "baseline", step, [h.name for h in hosts], control_dir)
+        finally:
+            close_control_masters(control_dir)
+        fetched_root = self.workspace.run_dir(run_id) / "baseline" / "files"
+        for host in hosts:
+            entries += self._record_baseline(run_id, host.name, run.summary, fetched_root)
+        result = BaselineResult(
+            run_id=run_id,
+            entries=tuple(entries),
+            exit_code=6 if any(e.status == "failed" for e in entries) else 0,
+        )
+        self.audit.append("baseline", result.model_dump(mode="json"), run_id)
+        return result
+
+    def _record_baseline(
+        self, run_id: str, host: str, summary: RunSummary, fetched_root: Path
+    ) -> list[BaselineEntry]:
+        hs = summary.host(host)
+        report = hs.report("baseline")
+        if not isinstance(report, BaselineReport):
+            failures = [t.msg for t in hs.failed_tasks] + list(hs.report_errors)
+            why = "unreachable" if hs.unreachable else "; ".join(failures) or "no baseline report"
+            return [BaselineEntry(host=host, status="failed", reason=why)]
+        entries = []
+        for service in report.services:
+            if not service.recorded:
+                entries.append(BaselineEntry(
+                    host=host, service=service.name, status="skipped", reason=service.why_not()
+                ))  # fmt: skip
+                continue
+            for f in service.files:
+                fetched = Path(f.fetched)
+                if not f.exists or f.sha256 is None:
+                    entries.append(BaselineEntry(
+                        host=host, service=service.name, path=f.path, status="skipped",
+                        reason="file does not exist",
+                    ))  # fmt: skip
+                    continue
+                # The path came back from the host: only a file fetched into this run's
+                # own directory is ever stored.
+                if not fetched.resolve().is_relative_to(fetched_root.resolve()):
+                    raise VerisError(
+                        f"baseline of {host}: {f.path} was not fetched into {fetched_root}"
+                    )
+                copy, new = self.baselines.record(
+                    host=host, service=service.name, path=f.path, fetched=fetched,
+                    sha256=f.sha256, mode=f.mode or "0644", owner=f.owner or "root",
+                    group=f.group or "root", run_id=run_id,
+                )  # fmt: skip
+                entries.append(BaselineEntry(
+                    host=host, service=service.name, path=f.path, sha256=copy.sha256,
+                    status="recorded" if new else "confirmed",
+                ))  # fmt: skip
+        return entries
 
 
 class _Remediation:
-    """One route through check → decide → apply → verify → rollback."""
+    """One route through check → decide → apply → verify → rollback (or a hand-off)."""
 
     def __init__(self, owner: Remediator, run_id: str, slot: str, route: Route, mode: Mode) -> None:
         self.o = owner
@@ -330,6 +439,8 @@ class _Remediation:
         self.host = route.target.host
         self.phases = _Phases()
         self.findings: list[Finding] = []
+        self.preview: tuple[PreviewChange, ...] = ()
+        self.prefix: list[str] = []  # reasons carried over from a fix that handed off
         self.control_dir = owner.workspace.control_dir(run_id)
 
     def result(
@@ -338,22 +449,29 @@ class _Remediation:
         action: Action,
         outcome: Outcome,
         reasons: Sequence[str],
+        *,
+        route: Route | None = None,
+        fix: FixSpec | None = None,
         rolled_back: bool = False,
     ) -> RemediationResult:
+        applied = action == "apply" and outcome not in ("previewed", "escalated")
         return _route_result(
-            self.route,
+            route or self.route,
             action,
             outcome,
-            reasons,
+            [*self.prefix, *reasons],
             confidence=decision.confidence if decision else 0.0,
             rolled_back=rolled_back,
             phases=tuple(self.phases.records),
             findings=tuple(self.findings),
+            preview=self.preview,
+            snapshot=fix.snapshot if fix and applied else None,
+            reversible=fix.reversible if fix else None,
         )
 
-    def step(self, step: PlaybookStep) -> RunResult:
+    def step(self, step: PlaybookStep, slot: str) -> RunResult:
         with self.phases.timed(step.phase) as ph:
-            result = self.o.run_step(self.run_id, self.slot, step, self.host, self.control_dir)
+            result = self.o.run_step(self.run_id, slot, step, self.host, self.control_dir)
             ph["detail"] = (
                 f"{result.status}, {result.summary.host(self.host).count('changed')} changed"
             )
@@ -367,128 +485,183 @@ class _Remediation:
         finally:
             close_control_masters(self.control_dir)
 
-    def _run(self) -> RemediationResult:
+    def _plan(self, route: Route) -> RemediationPlan | RemediationResult:
         with self.phases.timed("plan"):
             try:
-                plan = build_plan(self.route, self.o.inventory, self.o.settings, self.run_id)
+                plan = self.o.build_plan(route, self.run_id)
             except NoRuleError as exc:
-                return self.result(None, "escalate", "escalated", [exc.message])
+                return self.result(None, "escalate", "escalated", [exc.message], route=route)
         self.o.audit.append(
             "plan",
             {
                 "host": self.host,
-                "fix": self.route.fix,
+                "fix": route.fix,
                 "workflow": plan.workflow,
-                "service": plan.service.name,
+                "service": route.service_name,
                 "units": list(plan.units),
+                "scope": plan.scope.model_dump(mode="json"),
             },
             self.run_id,
         )
+        return plan
+
+    def _run(self) -> RemediationResult:
+        plan = self._plan(self.route)
+        if isinstance(plan, RemediationResult):
+            return plan
         if self.mode == "diagnose" or plan.preview is None:
             return self._diagnose_only(plan)
+        return self._fix(plan, self.slot, hand_off=True)
 
-        check = self.step(plan.preview)
-        health = check.summary.host(self.host).reports.get("health")
-        self.findings = findings(self.host, health)
-        assert plan.fix is not None
-        assert plan.apply is not None
+    def _fix(self, plan: RemediationPlan, slot: str, *, hand_off: bool) -> RemediationResult:
+        fix, route = plan.fix, plan.route
+        assert fix is not None
+        assert plan.preview is not None
+        check = self.step(plan.preview, slot)
+        hs = check.summary.host(self.host)
+        self.findings = findings(self.host, *hs.reports.values())
+        self.preview = tuple(
+            PreviewChange(task=t.task, action=t.action, diff=t.diff) for t in hs.changed_tasks
+        )
         with self.phases.timed("decide") as ph:
             since = datetime.now(UTC) - timedelta(hours=self.o.settings.history_hours)
-            past = self.o.workspace.history(self.host, plan.fix.name, since)
+            history = self.o.workspace.history(self.host, fix.name, since)
             decision = decide(
-                check.summary,
-                self.host,
-                plan.fix,
-                History(**past) if past else History(),
-                self.o.settings.confidence_threshold,
+                check.summary, self.host, fix, history, self.o.settings.confidence_threshold
             )
-            ph["detail"] = f"{decision.action} ({decision.confidence:.2f})"
+            ph["detail"] = f"{fix.name}: {decision.action} ({decision.confidence:.2f})"
         self.o.audit.append(
-            "decision", {"host": self.host, **decision.model_dump(mode="json")}, self.run_id
+            "decision",
+            {"host": self.host, "fix": fix.name, **decision.model_dump(mode="json")},
+            self.run_id,
         )
+        other = route.on_blocked.get(decision.blocker.code) if decision.blocker else None
+        if other and hand_off:
+            return self._hand_off(plan, decision, other)
         if decision.action != "apply":
+            outcome = decision.outcome or "escalated"
             return self.result(
-                decision, decision.action, decision.outcome or "escalated", decision.reasons
+                decision, decision.action, outcome, decision.reasons, route=route, fix=fix
             )
         if self.mode == "check_only":
-            return self.result(
-                decision, "apply", "previewed", [*decision.reasons, "--check-only: nothing applied"]
-            )
+            reasons = [*decision.reasons, "--check-only: nothing applied"]
+            return self.result(decision, "apply", "previewed", reasons, route=route, fix=fix)
         if self.o.workspace.brake() is not None:
-            return self.result(
-                decision, "brake", "blocked", ["emergency brake engaged before apply"]
-            )
+            reasons = ["emergency brake engaged before apply"]
+            return self.result(decision, "brake", "blocked", reasons, route=route, fix=fix)
 
-        apply = self.step(apply_step(plan, bool((health or {}).get("healthy"))))
+        assessment = hs.report(fix.reports.assess)
+        assert isinstance(assessment, Assessment)  # decide() applies only with one
+        apply = self.step(apply_step(plan, assessment), slot)
         with self.phases.timed("verify") as ph:
-            verdict = assess_apply(apply.summary, self.host)
+            verdict = assess_apply(apply.summary, self.host, fix)
             ph["status"] = "ok" if verdict.ok else "failed"
             ph["detail"] = "; ".join(verdict.reasons)
-        after = apply.summary.host(self.host).reports.get("verify")
+        after = apply.summary.host(self.host)
+        snapshot = taken_snapshot(self.host, fix, apply.summary, check.summary)
         if apply.status == "canceled" and self.o.workspace.brake() is not None:
             # The operator pulled the brake mid-fix to take over: no automatic rollback
             # (it would be cancelled too); hand them the snapshot to restore from.
-            prior = prior_states(self.host, apply.summary, check.summary)
-            states = ", ".join(f"{u.get('unit')} was {u.get('active_state')}" for u in prior)
-            reason = f"emergency brake engaged during apply; run cancelled; before: {states}"
-            self.o.workspace.append_history(self.host, plan.fix.name, "failed")
-            return self.result(decision, "brake", "blocked", [*decision.reasons, reason])
+            before = snapshot.describe() if snapshot else "no snapshot was taken"
+            reason = f"emergency brake engaged during apply; run cancelled; before: {before}"
+            self.o.workspace.append_history(self.host, fix.name, "failed")
+            return self.result(
+                decision, "brake", "blocked", [*decision.reasons, reason], route=route, fix=fix
+            )
         if verdict.ok:
             self.findings += [
                 f
-                for f in findings(self.host, after)
+                for f in findings(self.host, *after.reports.values())
                 if f.severity == "info" and f not in self.findings
             ]
-            self.o.workspace.append_history(self.host, plan.fix.name, "resolved")
-            return self.result(decision, "apply", "resolved", [*decision.reasons, *verdict.reasons])
-        return self._roll_back(plan, decision, check, apply, verdict.reasons)
+            self.o.workspace.append_history(self.host, fix.name, "resolved")
+            reasons = [*decision.reasons, *verdict.reasons]
+            return self.result(decision, "apply", "resolved", reasons, route=route, fix=fix)
+        self.findings += [
+            f for f in findings(self.host, *after.reports.values()) if f not in self.findings
+        ]
+        return self._roll_back(plan, decision, slot, snapshot, verdict.reasons)
+
+    def _hand_off(self, plan: RemediationPlan, decision: Decision, other: str) -> RemediationResult:
+        """The fix cannot help for a reason its rule hands to another fix: try that one."""
+        assert decision.blocker is not None
+        assert plan.fix is not None
+        self.prefix = [
+            f"{plan.fix.name} cannot help: {decision.blocker.reason}",
+            f"rule {self.route.rule}: on {decision.blocker.code}, try {other}",
+        ]
+        self.o.audit.append(
+            "handoff",
+            {
+                "host": self.host,
+                "from": plan.fix.name,
+                "to": other,
+                "blocker": decision.blocker.code,
+            },
+            self.run_id,
+        )
+        # The other fix takes its own defaults: the rule's params were for the first one.
+        route = self.route.model_copy(update={"fix": other, "fix_params": {}, "on_blocked": {}})
+        handed = self._plan(route)
+        if isinstance(handed, RemediationResult):
+            return handed
+        return self._fix(handed, f"{self.slot}+{other}", hand_off=False)
 
     def _roll_back(
         self,
         plan: RemediationPlan,
         decision: Decision,
-        check: RunResult,
-        apply: RunResult,
+        slot: str,
+        snapshot: Snapshot | None,
         why: Sequence[str],
     ) -> RemediationResult:
-        assert plan.fix is not None
-        prior = prior_states(self.host, apply.summary, check.summary)
+        fix, route = plan.fix, plan.route
+        assert fix is not None
         reasons = [*decision.reasons, *why]
-        if not prior:
+        if not fix.reversible:
+            reasons.append(f"{fix.name} is irreversible: nothing could be rolled back")
+            self.o.workspace.append_history(self.host, fix.name, "failed")
+            return self.result(decision, "apply", "failed", reasons, route=route, fix=fix)
+        if snapshot is None:
             reasons.append("no snapshot of the prior state: cannot roll back")
-            self.o.workspace.append_history(self.host, plan.fix.name, "failed")
-            return self.result(decision, "apply", "failed", reasons)
-        rollback = self.step(rollback_step(plan, prior))
-        verdict = assess_rollback(rollback.summary, self.host, prior)
+            self.o.workspace.append_history(self.host, fix.name, "failed")
+            return self.result(decision, "apply", "failed", reasons, route=route, fix=fix)
+        rollback = self.step(rollback_step(plan, snapshot), slot)
+        verdict = assess_rollback(rollback.summary, self.host, fix, snapshot)
         reasons += verdict.reasons
         outcome: Outcome = "rolled_back" if verdict.ok else "failed"
-        self.o.workspace.append_history(self.host, plan.fix.name, outcome)
-        return self.result(decision, "apply", outcome, reasons, rolled_back=verdict.ok)
+        self.o.workspace.append_history(self.host, fix.name, outcome)
+        return self.result(
+            decision, "apply", outcome, reasons, route=route, fix=fix, rolled_back=verdict.ok
+        )
 
     def _diagnose_only(self, plan: RemediationPlan) -> RemediationResult:
-        if plan.diagnose is None:
+        """Read-only: the workflow's diagnosis, else the fix's check run (which diagnoses)."""
+        step = plan.diagnose or (plan.preview if self.mode == "diagnose" else None)
+        if step is None:
             return self.result(
                 None,
                 "escalate",
                 "escalated",
                 [f"no diagnosis or automatic fix for workflow {plan.workflow} yet"],
             )
-        diag = self.step(plan.diagnose)
+        diag = self.step(step, self.slot)
         hs = diag.summary.host(self.host)
-        self.findings = findings(self.host, hs.reports.get("health"))
+        self.findings = findings(self.host, *hs.reports.values())
         if hs.unreachable:
             return self.result(None, "skip", "failed", [f"{self.host} is unreachable over SSH"])
-        if self.mode == "diagnose":
-            healthy = (hs.reports.get("health") or {}).get("healthy")
+        if self.mode != "diagnose":
             return self.result(
                 None,
-                "skip",
-                "previewed",
-                [f"read-only diagnosis: {'healthy' if healthy else 'unhealthy'}"],
+                "escalate",
+                "escalated",
+                [f"no automatic fix for this alert ({plan.workflow}); diagnosis attached"],
             )
-        return self.result(
-            None,
-            "escalate",
-            "escalated",
-            [f"no automatic fix for this alert ({plan.workflow}); diagnosis attached"],
-        )
+        kind = plan.fix.reports.assess if plan.fix and step is plan.preview else "health"
+        report = hs.report(kind)
+        if isinstance(report, Assessment):
+            verdict = "problem found" if report.problem_present() else "no problem found"
+            reason = f"read-only diagnosis: {verdict}: {report.describe()}"
+        else:
+            reason = f"read-only diagnosis: no {kind} report"
+        return self.result(None, "skip", "previewed", [reason])

@@ -65,10 +65,12 @@ def render_extravars(extravars: Mapping[str, Any]) -> str:
     return header + body
 
 
-def render_target_inventory(host: str) -> str:
-    """An inventory that only adds the resolved host to the group every play targets.
+def render_target_inventory(*hosts: str) -> str:
+    """An inventory that only adds the resolved host(s) to the group every play targets.
 
-    It is passed beside the operator's inventory, so the host keeps its own vars and
-    connection settings while no play can reach any other host.
+    It is passed beside the operator's inventory, so a host keeps its own vars and
+    connection settings while no play can reach any other host. A remediation targets
+    one host; only ``baseline`` reads several at once.
     """
-    return yaml.safe_dump({"all": {"children": {TARGET_GROUP: {"hosts": {host: None}}}}})
+    members = dict.fromkeys(hosts)
+    return yaml.safe_dump({"all": {"children": {TARGET_GROUP: {"hosts": members}}}})

@@ -10,7 +10,7 @@ import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
 from .decision import Action, Outcome
-from .verify import Finding
+from .role_reports import Finding
 
 PhaseStatus = Literal["ok", "failed", "skipped"]
 
@@ -46,6 +46,16 @@ class PhaseRecord(BaseModel):
     detail: str = ""
 
 
+class PreviewChange(BaseModel):
+    """A change the check run predicted: the task, its module and what --diff showed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    action: str
+    diff: str = ""
+
+
 class RemediationResult(BaseModel):
     """One alert on one host, from routing to outcome."""
 
@@ -64,6 +74,11 @@ class RemediationResult(BaseModel):
     reasons: tuple[str, ...] = ()
     phases: tuple[PhaseRecord, ...] = ()
     findings: tuple[Finding, ...] = ()
+    # The check run's predicted changes (what apply would do, or did).
+    preview: tuple[PreviewChange, ...] = ()
+    # What was saved before the change (the fix spec's words), when a fix was applied.
+    snapshot: str | None = None
+    reversible: bool | None = None
 
 
 class RunReport(BaseModel):
@@ -85,6 +100,7 @@ class RunReport(BaseModel):
     reasons: tuple[str, ...]
     phases: tuple[PhaseRecord, ...]
     findings: tuple[Finding, ...]
+    preview: tuple[PreviewChange, ...] = ()
     remediations: tuple[RemediationResult, ...] = Field(default_factory=tuple)
 
 
@@ -123,6 +139,7 @@ def build_report(
         reasons=head.reasons,
         phases=(*phases, *head.phases),
         findings=tuple(f for r in results for f in r.findings),
+        preview=head.preview,
         remediations=tuple(results),
     )
 

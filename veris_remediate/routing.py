@@ -1,8 +1,13 @@
-"""Route a validated alert on a resolved host to a workflow, a fix and a declared service.
+"""Route a validated alert on a resolved host to a workflow, a fix and (maybe) a service.
 
 Rules come from a YAML file (the shipped default or the operator's own); the first
-rule that matches wins. Alert labels only *select* among the services the host
-declares in ``veris_services``; they can never add one.
+rule that matches wins. A rule's fix must be one the fix catalog knows, its ``params``
+must be ones that fix's role takes (typed by its argument_specs), and its ``on_blocked``
+must name blockers the fix can report — all checked when the rules file loads.
+
+Alert labels only *select* among what the host declares in ``veris_services``; they can
+never add to it. A fix of ``service`` scope needs exactly one declared service; a fix of
+``host`` scope acts on the host, narrowed to a service only when the alert names one.
 """
 
 from __future__ import annotations
@@ -17,8 +22,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
-    StrictInt,
     StrictStr,
     ValidationInfo,
     field_validator,
@@ -27,6 +30,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from .alerts import Alert, shown
 from .exceptions import NoRuleError, RoutingError, UsageError, describe_problems
+from .fixes import FixCatalog, FixSpec, ParamValue, load_fixes
 from .inventory import Inventory, InventoryHost, ServiceSpec
 from .resources import default_rules_file
 from .targeting import Target
@@ -34,13 +38,13 @@ from .targeting import Target
 WORKFLOWS = frozenset(
     {"service_health", "database_connectivity", "performance", "security", "firewall", "general"}
 )
-KNOWN_FIXES = frozenset({"service_restart"})  # fixes implemented today; more come later
 # A service or name label is a claim about *which* service failed: if the host does not
 # declare it, refuse. Other labels (job: blackbox-http) merely might name a service.
 AUTHORITATIVE_LABELS = frozenset({"service", "name"})
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-ParamValue = StrictStr | StrictBool | StrictInt
+# params.service is routing's own (the fallback service); every other param goes to the fix.
+ROUTING_PARAMS = frozenset({"service"})
 
 
 class Rule(BaseModel):
@@ -55,6 +59,8 @@ class Rule(BaseModel):
     fix: StrictStr | None = None
     service_labels: tuple[StrictStr, ...] = ("service", "name", "job")
     params: dict[StrictStr, ParamValue] = Field(default_factory=dict)
+    # blocker code the fix may report -> the fix to try instead (see fixes.py)
+    on_blocked: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -68,13 +74,6 @@ class Rule(BaseModel):
     def _workflow(cls, value: str) -> str:
         if value not in WORKFLOWS:
             raise ValueError(f"workflow {value!r} is not one of {sorted(WORKFLOWS)}")
-        return value
-
-    @field_validator("fix")
-    @classmethod
-    def _fix(cls, value: str | None) -> str | None:
-        if value is not None and value not in KNOWN_FIXES:
-            raise ValueError(f"fix {value!r} is not one of {sorted(KNOWN_FIXES)} (or null)")
         return value
 
     @field_validator("match_labels", "service_labels")
@@ -125,7 +124,7 @@ class RuleSet(BaseModel):
 
 
 class Route(BaseModel):
-    """An alert routed: the host, the workflow, the fix and the declared service."""
+    """An alert routed: the host, the workflow, the fix and the declared service, if any."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -134,8 +133,14 @@ class Route(BaseModel):
     rule: str
     workflow: str
     fix: str | None
-    service: ServiceSpec
-    params: dict[str, str | int | bool]
+    service: ServiceSpec | None
+    # Role variables from the rule's params, already checked against the fix's role.
+    fix_params: dict[str, ParamValue] = Field(default_factory=dict)
+    on_blocked: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def service_name(self) -> str | None:
+        return self.service.name if self.service else None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -155,9 +160,14 @@ def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
-def load_rules(path: Path | None) -> RuleSet:
-    """Load and validate a rules file; None means the shipped default rules."""
+def load_rules(path: Path | None, catalog: FixCatalog | None = None) -> RuleSet:
+    """Load and validate a rules file; None means the shipped default rules.
+
+    Fixes, their params and ``on_blocked`` are checked against ``catalog`` (default: the
+    installed fix specs), so a rule that could not run is refused here, not at 3 a.m.
+    """
     source = default_rules_file() if path is None else path
+    fixes = catalog or load_fixes()
     try:
         document = yaml.load(source.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except OSError as exc:
@@ -184,19 +194,51 @@ def load_rules(path: Path | None) -> RuleSet:
             )
         if any(r.name == rule.name for r in rules):
             raise UsageError(f"rules file {source}: rule name {rule.name} is used twice")
+        try:
+            _check_fix(rule, fixes)
+        except ValueError as exc:
+            raise UsageError(f"rules file {source}: rule {rule.name}: {exc}") from exc
         rules.append(rule)
     return RuleSet(rules=tuple(rules))
 
 
-def route_alert(alert: Alert, target: Target, inventory: Inventory, rules: RuleSet) -> Route:
-    """The first matching rule, applied to the alert's host and one declared service."""
+def _check_fix(rule: Rule, fixes: FixCatalog) -> None:
+    fix_params = {k: v for k, v in rule.params.items() if k not in ROUTING_PARAMS}
+    if rule.fix is None:
+        if fix_params or rule.on_blocked:
+            raise ValueError("params (other than service) and on_blocked need a fix")
+        return
+    spec = fixes.get(rule.fix)
+    if spec is None:
+        raise ValueError(f"fix {rule.fix!r} is not one of {', '.join(fixes.names())} (or null)")
+    spec.role_params(fix_params, f"fix {spec.name}")
+    for code, other in rule.on_blocked.items():
+        if code not in spec.blockers:
+            known = ", ".join(sorted(spec.blockers)) or "none"
+            raise ValueError(f"fix {spec.name} never reports blocker {code!r} (it may: {known})")
+        if fixes.get(other) is None or other == spec.name:
+            raise ValueError(f"on_blocked.{code}: {other!r} is not another known fix")
+
+
+def route_alert(
+    alert: Alert,
+    target: Target,
+    inventory: Inventory,
+    rules: RuleSet,
+    catalog: FixCatalog | None = None,
+) -> Route:
+    """The first matching rule, applied to the alert's host and what the fix acts on."""
     rule = next((r for r in rules.rules if r.matches(alert)), None)
     if rule is None:
         raise NoRuleError(f"no routing rule matches alert {alert.name}; a human must look")
     host = inventory.hosts.get(target.host)
     if host is None:
         raise RoutingError(f"host {target.host} is not in the inventory")
-    service = _select_service(alert, target, host, rule)
+    spec = (catalog or load_fixes()).get(rule.fix) if rule.fix else None
+    if rule.fix and spec is None:  # a catalog other than the one the rules were loaded with
+        raise NoRuleError(f"fix {rule.fix} of rule {rule.name} is not installed")
+    service = _select_service(alert, target, host, rule, spec)
+    fix_params = {k: v for k, v in rule.params.items() if k not in ROUTING_PARAMS}
     return Route(
         alert=alert,
         target=target,
@@ -204,36 +246,24 @@ def route_alert(alert: Alert, target: Target, inventory: Inventory, rules: RuleS
         workflow=rule.workflow,
         fix=rule.fix,
         service=service,
-        params=dict(rule.params),
+        fix_params=spec.role_params(fix_params, f"rule {rule.name}") if spec else {},
+        on_blocked=dict(rule.on_blocked),
     )
 
 
-def _select_service(alert: Alert, target: Target, host: InventoryHost, rule: Rule) -> ServiceSpec:
-    for label in rule.service_labels:
-        value = alert.labels.get(label)
-        if value is None:
-            continue
-        spec = _declared(host, value)
-        if spec is not None:
-            return spec
-        if label in AUTHORITATIVE_LABELS:
-            raise RoutingError(
-                f"service {shown(value)} (label {label}) is not declared in veris_services "
-                f"of host {host.name}"
-            )
+def _select_service(
+    alert: Alert, target: Target, host: InventoryHost, rule: Rule, spec: FixSpec | None
+) -> ServiceSpec | None:
+    """The declared service the alert is about; None for a host-wide fix that names none."""
+    named = _named_service(alert, host, rule)
+    if named is not None:
+        return named
+    if spec is not None and spec.scope == "host":
+        return None  # guessing by port or "the only service" would narrow a host-wide fix
     if target.port is not None:
         by_port = [s for s in host.services.values() if s.port == target.port]
         if len(by_port) == 1:
             return by_port[0]
-    wanted = rule.params.get("service")
-    if isinstance(wanted, str):
-        spec = _declared(host, wanted)
-        if spec is None:
-            raise RoutingError(
-                f"service {wanted} (rule {rule.name}) is not declared in veris_services "
-                f"of host {host.name}"
-            )
-        return spec
     if len(host.services) == 1:
         return next(iter(host.services.values()))
     problem = (
@@ -246,6 +276,32 @@ def _select_service(alert: Alert, target: Target, host: InventoryHost, rule: Rul
         # Nothing would be fixed anyway: the alert is valid, a human must look.
         raise NoRuleError(f"{problem}; rule {rule.name} has no automatic fix")
     raise RoutingError(problem)
+
+
+def _named_service(alert: Alert, host: InventoryHost, rule: Rule) -> ServiceSpec | None:
+    """The service a label or the rule's params.service names; refuses an undeclared one."""
+    for label in rule.service_labels:
+        value = alert.labels.get(label)
+        if value is None:
+            continue
+        spec = _declared(host, value)
+        if spec is not None:
+            return spec
+        if label in AUTHORITATIVE_LABELS:
+            raise RoutingError(
+                f"service {shown(value)} (label {label}) is not declared in veris_services "
+                f"of host {host.name}"
+            )
+    wanted = rule.params.get("service")
+    if isinstance(wanted, str):
+        spec = _declared(host, wanted)
+        if spec is None:
+            raise RoutingError(
+                f"service {wanted} (rule {rule.name}) is not declared in veris_services "
+                f"of host {host.name}"
+            )
+        return spec
+    return None
 
 
 def _declared(host: InventoryHost, value: str) -> ServiceSpec | None:
@@ -267,7 +323,11 @@ def dedupe_routes(routes: Sequence[Route]) -> list[Route]:
     unique: list[Route] = []
     for route in routes:
         # Diagnosis-only routes (fix null) of different workflows are different work.
-        key = (route.target.host, route.fix or f"diagnose:{route.workflow}", route.service.name)
+        key = (
+            route.target.host,
+            route.fix or f"diagnose:{route.workflow}",
+            route.service_name or "",
+        )
         if key not in seen:
             seen.add(key)
             unique.append(route)

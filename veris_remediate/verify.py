@@ -1,25 +1,16 @@
-"""Run summaries → health verdicts: did the fix work, did the rollback restore, what was found."""
+"""Run summaries → verdicts: did the fix work, did the rollback restore, what was found.
+
+Which report answers each question is the fix spec's to say (``reports.verify``,
+``reports.snapshot``, ``reports.rollback``); this module only reads them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
-
 from pydantic import BaseModel, ConfigDict
 
-from .decision import describe_health
 from .events import HostSummary, RunSummary
-
-Severity = Literal["info", "warning", "critical"]
-_ACTIVE = {"active", "activating", "reloading"}
-
-
-class Finding(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    host: str
-    severity: Severity
-    message: str
+from .fixes import FixSpec
+from .role_reports import Finding, Report, Restoration, Snapshot, Verification
 
 
 class Verdict(BaseModel):
@@ -32,107 +23,57 @@ class Verdict(BaseModel):
 def _failures(hs: HostSummary, phase: str) -> list[str]:
     if hs.unreachable:
         return [f"{hs.host} became unreachable during {phase}"]
-    return [f"{phase} failed at {t.task!r}: {t.msg}" for t in hs.failed_tasks]
+    problems = [f"{phase} failed at {t.task!r}: {t.msg}" for t in hs.failed_tasks]
+    return problems + [f"a role's report was refused: {e}" for e in hs.report_errors]
 
 
-def assess_apply(apply: RunSummary, host: str) -> Verdict:
-    """The fix worked only if the run got through and the post-fix probe says healthy."""
+def assess_apply(apply: RunSummary, host: str, fix: FixSpec) -> Verdict:
+    """The fix worked only if the run got through and its post-fix check passed."""
     hs = apply.host(host)
     reasons = _failures(hs, "apply")
-    verify = hs.reports.get("verify")
-    if verify is None:
-        reasons.append("no post-fix health check ran (the apply run stopped before it)")
+    verification = hs.report(fix.reports.verify)
+    if not isinstance(verification, Verification):
+        reasons.append(
+            f"no post-fix check ran (no {fix.reports.verify} report: the apply run stopped "
+            "before it)"
+        )
         return Verdict(ok=False, reasons=tuple(reasons))
-    if verify.get("healthy") is True and not reasons:
-        return Verdict(ok=True, reasons=(f"healthy after the fix: {describe_health(verify)}",))
-    reasons.append(f"unhealthy after the fix: {describe_health(verify)}")
+    if verification.passed() and not reasons:
+        return Verdict(ok=True, reasons=(f"after the fix: {verification.describe()}",))
+    reasons.append(f"after the fix: {verification.describe()}")
     return Verdict(ok=False, reasons=tuple(reasons))
 
 
-def prior_states(host: str, *summaries: RunSummary) -> list[dict[str, Any]]:
-    """The snapshot taken before the change, from the first summary that has one."""
+def taken_snapshot(host: str, fix: FixSpec, *summaries: RunSummary) -> Snapshot | None:
+    """The snapshot of the state before the change, from the first summary that has one."""
     for summary in summaries:
-        snap = summary.host(host).reports.get("snapshot")
-        if snap and isinstance(snap.get("units"), list):
-            return [dict(u) for u in snap["units"] if isinstance(u, Mapping)]
-    return []
+        snap = summary.host(host).report(fix.reports.snapshot)
+        if isinstance(snap, Snapshot):
+            return snap
+    return None
 
 
-def assess_rollback(rollback: RunSummary, host: str, prior: Sequence[Mapping[str, Any]]) -> Verdict:
-    """Restored means every unit runs, or does not, exactly as it did before the fix."""
+def assess_rollback(rollback: RunSummary, host: str, fix: FixSpec, snapshot: Snapshot) -> Verdict:
+    """Restored means the role says so and the state matches the snapshot on our side too."""
     hs = rollback.host(host)
     reasons = _failures(hs, "rollback")
-    report = hs.reports.get("rollback")
-    if report is None:
-        reasons.append("the rollback produced no report")
+    restoration = hs.report(fix.reports.rollback)
+    if not isinstance(restoration, Restoration):
+        reasons.append(f"the rollback produced no {fix.reports.rollback} report")
         return Verdict(ok=False, reasons=tuple(reasons))
-    now = {u.get("unit"): u for u in report.get("units", []) if isinstance(u, Mapping)}
-    for before in prior:
-        unit = before.get("unit")
-        after = now.get(unit)
-        if after is None:
-            reasons.append(f"rollback did not report {unit}")
-            continue
-        was = before.get("active_state") in _ACTIVE
-        is_ = after.get("active_state") in _ACTIVE
-        if was != is_:
-            reasons.append(
-                f"{unit} was {before.get('active_state')} before, "
-                f"is {after.get('active_state')} now"
-            )
-    ok = not reasons and report.get("restored") is True
-    if ok:
-        states = ", ".join(f"{u}={s.get('active_state')}" for u, s in now.items())
-        return Verdict(ok=True, reasons=(f"prior state restored: {states}",))
-    if report.get("restored") is not True:
-        reasons.append("the rollback role reports the prior state is not restored")
+    reasons += restoration.mismatches(snapshot)
+    if not reasons and restoration.is_restored():
+        return Verdict(ok=True, reasons=(f"prior state restored: {restoration.describe()}",))
+    if not restoration.is_restored():
+        reasons.append(f"the rollback role reports the prior state is not restored: "
+                       f"{restoration.describe()}")  # fmt: skip
     return Verdict(ok=False, reasons=tuple(reasons))
 
 
-def findings(host: str, health: Mapping[str, Any] | None) -> list[Finding]:
-    """Human-readable findings from a health report (diagnosis or verify)."""
-    if health is None:
-        return []
+def findings(host: str, *reports: Report | None) -> list[Finding]:
+    """What a person should know from these reports, each finding once."""
     out: list[Finding] = []
-    unit = health.get("unit")
-    active = health.get("active_state")
-    if active not in _ACTIVE:
-        out.append(
-            Finding(
-                host=host,
-                severity="critical",
-                message=f"{unit} is {active} ({health.get('sub_state')})",
-            )
-        )
-    else:
-        out.append(Finding(host=host, severity="info", message=f"{unit} is {active}"))
-    if health.get("port") is not None and not health.get("port_open"):
-        out.append(
-            Finding(
-                host=host,
-                severity="critical",
-                message=f"port {health.get('port')} is not accepting connections",
-            )
-        )
-    if health.get("health_url") and health.get("http_ok") is False:
-        out.append(
-            Finding(
-                host=host,
-                severity="critical",
-                message=(
-                    f"HTTP probe {health.get('health_url')} failed "
-                    f"({health.get('http_status') or 'no answer'})"
-                ),
-            )
-        )
-    if health.get("config_valid") is False:
-        errs = "; ".join(str(e) for e in (health.get("config_errors") or [])[:3])
-        out.append(
-            Finding(host=host, severity="critical", message=f"configuration invalid: {errs}")
-        )
-    elif health.get("config_valid") is True:
-        out.append(Finding(host=host, severity="info", message="configuration validates"))
-    tail = [str(line) for line in (health.get("journal_tail") or [])][-5:]
-    if tail and active not in _ACTIVE:
-        out.append(Finding(host=host, severity="warning", message="journal: " + " | ".join(tail)))
+    for report in reports:
+        if report is not None:
+            out += [f for f in report.findings(host) if f not in out]
     return out

@@ -8,7 +8,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,16 @@ from .planner import PlaybookStep
 from .render import render_extravars, render_target_inventory
 
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+
+class History(BaseModel):
+    """One fix's recent outcomes on one host, which later decisions weigh."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resolved: int = 0
+    rolled_back: int = 0
+    failed: int = 0
 
 
 class PreparedStep(BaseModel):
@@ -54,14 +64,27 @@ class Workspace:
         return self.runs_dir / run_id
 
     def prepare_step(
-        self, run_id: str, slot: str, step: PlaybookStep, host: str, *, idle_timeout: int
+        self,
+        run_id: str,
+        slot: str,
+        step: PlaybookStep,
+        hosts: str | Sequence[str],
+        *,
+        idle_timeout: int,
     ) -> PreparedStep:
         """Write one step's private data dir: !unsafe extra vars, target inventory, settings."""
         pdd = self.run_dir(run_id) / slot / step.phase
+        # One private directory per remediation where runs may fetch files (snapshots),
+        # shared by its check, apply and rollback runs.
+        files = self.run_dir(run_id) / slot / "files"
+        files.mkdir(parents=True, exist_ok=True, mode=0o700)
+        extravars = {**step.extravars, "veris_controller_dir": str(files)}
         # ansible-runner passes an existing env/extravars as `-e @file` without parsing it.
-        _write_private(pdd / "env" / "extravars", render_extravars(step.extravars))
+        _write_private(pdd / "env" / "extravars", render_extravars(extravars))
         target = pdd / "target_inventory.yml"
-        _write_private(target, render_target_inventory(host))
+        _write_private(
+            target, render_target_inventory(*([hosts] if isinstance(hosts, str) else hosts))
+        )
         # ansible-runner drops a `settings=` argument when env/settings is missing, so the
         # idle timeout only takes effect from this file.
         _write_private(pdd / "env" / "settings", json.dumps({"idle_timeout": idle_timeout}) + "\n")
@@ -130,21 +153,27 @@ class Workspace:
         with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
 
-    def history(self, host: str, fix: str, since: datetime) -> dict[str, int]:
-        counts: dict[str, int] = {}
+    def history(self, host: str, fix: str, since: datetime) -> History:
+        counts = {name: 0 for name in History.model_fields}
         try:
             lines = self.history_file.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
-            return counts
+            return History()
         for line in lines:
             try:
                 rec = json.loads(line)
                 when = datetime.fromisoformat(rec["ts"])
             except (ValueError, KeyError, TypeError):
                 continue
-            if rec.get("host") == host and rec.get("fix") == fix and when >= since:
-                counts[rec["outcome"]] = counts.get(rec["outcome"], 0) + 1
-        return counts
+            outcome = rec.get("outcome")
+            if (
+                rec.get("host") == host
+                and rec.get("fix") == fix
+                and when >= since
+                and (outcome in counts)
+            ):
+                counts[outcome] += 1
+        return History.model_validate(counts)
 
     # The emergency brake is a file: it survives restarts and any process can see it.
     @property

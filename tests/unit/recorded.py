@@ -1,35 +1,64 @@
 """An Executor that replays event streams recorded from real runs (tests/fixtures/events).
 
-Like httpx's MockTransport: the pipeline runs unchanged, only the I/O is replayed.
+Like httpx's MockTransport: the pipeline runs unchanged, only the I/O is replayed. Each
+scenario directory also holds the payload as sent and the lab's inventory listing, so a
+scenario replays on its own (tests/fixtures/record_events.py writes them).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from tests.helpers import FIXTURES
 from veris_remediate.events import EventFolder, RunSummary, fold_events
+from veris_remediate.inventory import Inventory, parse_inventory_listing
 from veris_remediate.runner import RunRequest, RunResult
 
 EVENTS = FIXTURES / "events"
 SCENARIOS = sorted(p.name for p in EVENTS.iterdir() if p.is_dir())
 
 
-def events(scenario: str, phase: str) -> Iterator[dict[str, Any]]:
-    with (EVENTS / scenario / f"{phase}.jsonl").open() as fh:
+def events(scenario: str, stem: str) -> Iterator[dict[str, Any]]:
+    """Events of one recorded run: ``check``, ``apply``, …, or ``<fix>.<phase>``."""
+    with (EVENTS / scenario / f"{stem}.jsonl").open() as fh:
         for line in fh:
             yield json.loads(line)
 
 
-def summary(scenario: str, phase: str) -> RunSummary:
-    return fold_events(events(scenario, phase), check=phase == "check")
+def summary(scenario: str, stem: str) -> RunSummary:
+    return fold_events(events(scenario, stem), check=stem.rpartition(".")[2] == "check")
 
 
 def recorded_report(scenario: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((EVENTS / scenario / "report.json").read_text())
     return data
+
+
+def payload(scenario: str) -> bytes:
+    return (EVENTS / scenario / "payload.json").read_bytes()
+
+
+def host(scenario: str) -> str:
+    return (EVENTS / scenario / "host").read_text().strip()
+
+
+def inventory(scenario: str) -> Inventory:
+    listing = json.loads((EVENTS / scenario / "inventory.json").read_text())
+    return parse_inventory_listing(listing, [EVENTS / scenario / "inventory.json"])
+
+
+def rules_file(scenario: str) -> Path | None:
+    path = EVENTS / scenario / "rules.yml"
+    return path if path.is_file() else None
+
+
+def stem_of(request: RunRequest) -> str:
+    """The recorded file a request replays: the slot's hand-off fix, if any, and the phase."""
+    handed = request.private_data_dir.parent.name.partition("+")[2]
+    return f"{handed}.{request.phase}" if handed else request.phase
 
 
 class RecordedExecutor:
@@ -39,10 +68,11 @@ class RecordedExecutor:
 
     def run(self, request: RunRequest) -> RunResult:
         self.requests.append(request)
+        stem = stem_of(request)
         folder = EventFolder(check=request.check)
-        for event in events(self.scenario, request.phase):
+        for event in events(self.scenario, stem):
             folder(event)
-        status = (EVENTS / self.scenario / f"{request.phase}.status").read_text().strip()
+        status = (EVENTS / self.scenario / f"{stem}.status").read_text().strip()
         return RunResult(
             phase=request.phase,
             status=status,  # type: ignore[arg-type]

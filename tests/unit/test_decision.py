@@ -3,11 +3,13 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.recorded import summary
-from veris_remediate.decision import History, decide
+from veris_remediate.decision import decide
 from veris_remediate.events import RunSummary, TaskResult
-from veris_remediate.planner import FIXES
+from veris_remediate.fixes import load_fixes
+from veris_remediate.role_reports import Assessment, Signal
+from veris_remediate.workspace import History
 
-FIX = FIXES["service_restart"]
+FIX = load_fixes().fixes["service_restart"]
 
 
 def _decide(s: RunSummary, history: History | None = None, threshold: float = 0.7):  # type: ignore[no-untyped-def]
@@ -34,6 +36,10 @@ def test_failed_check_escalates_with_the_reason() -> None:
     assert d.action == "escalate"
     assert d.confidence == 0.0
     assert any("invalid" in r for r in d.reasons)
+    # The config gate's failure is a blocker a rule can hand off on.
+    assert d.blocker is not None
+    assert d.blocker.code == "config_invalid"
+    assert d.blocker.code in FIX.blockers
 
 
 def test_unreachable_host_fails_without_apply() -> None:
@@ -96,3 +102,62 @@ def test_an_unfinished_check_run_never_applies() -> None:
     d = _decide(s, threshold=0.0)
     assert d.action == "escalate"
     assert "did not finish" in d.reasons[-1]
+
+
+def _with_tasks(s: RunSummary, *extra: TaskResult) -> RunSummary:
+    hs = s.host("lab1")
+    return s.model_copy(
+        update={"hosts": {"lab1": hs.model_copy(update={"tasks": hs.tasks + extra})}}
+    )
+
+
+def test_an_irreversible_fix_refuses_any_surprise_outright() -> None:
+    irreversible = FIX.model_copy(update={"reversible": False})
+    clean = decide(summary("resolved", "check"), "lab1", irreversible, History(), 0.7)
+    assert clean.action == "apply"
+    assert any("irreversible: no rollback" in r for r in clean.reasons)
+    surprise = _with_tasks(
+        summary("resolved", "check"),
+        TaskResult(
+            host="lab1", task="Edit a file", action="ansible.builtin.lineinfile", status="changed"
+        ),
+    )
+    # A reversible fix only loses 0.25 for it (and could still apply below a lower
+    # threshold); an irreversible one escalates whatever the threshold.
+    assert decide(surprise, "lab1", FIX, History(), 0.5).action == "apply"
+    d = decide(surprise, "lab1", irreversible, History(), 0.0)
+    assert d.action == "escalate"
+    assert d.confidence == 0.0
+    assert any("exact preview" in r and "Edit a file" in r for r in d.reasons)
+    past = decide(summary("resolved", "check"), "lab1", irreversible, History(failed=1), 0.0)
+    assert past.action == "escalate"
+    assert any("failed on lab1 recently" in r for r in past.reasons)
+
+
+def test_signals_from_the_assessment_lower_confidence(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = summary("resolved", "check")
+    health = type(s.host("lab1").reports["health"])
+    monkeypatch.setattr(
+        health, "signals", lambda self: [Signal(reason="2 clients would be cut", penalty=0.4)]
+    )
+    d = _decide(s)
+    assert d.confidence == pytest.approx(0.6)
+    assert d.action == "escalate"
+    assert "2 clients would be cut (-0.40)" in d.reasons
+
+
+def test_a_refused_report_escalates() -> None:
+    s = summary("resolved", "check")
+    hs = s.host("lab1").model_copy(update={"report_errors": ("report health: healthy: missing",)})
+    d = _decide(s.model_copy(update={"hosts": {"lab1": hs}}), threshold=0.0)
+    assert d.action == "escalate"
+    assert "refused" in d.reasons[0]
+
+
+def test_the_assessment_is_the_kind_the_spec_names() -> None:
+    s = summary("resolved", "check")
+    assert isinstance(s.host("lab1").report(FIX.reports.assess), Assessment)
+    other = FIX.model_copy(update={"reports": FIX.reports.model_copy(update={"assess": "nope"})})
+    d = decide(s, "lab1", other, History(), 0.0)
+    assert d.action == "escalate"
+    assert "no nope report" in d.reasons[0]

@@ -5,11 +5,12 @@ from typing import Any
 import pytest
 
 from tests.unit.recorded import SCENARIOS, events, summary
-from veris_remediate.events import EventFolder, fold_events
+from veris_remediate.events import EventFolder, diff_text, fold_events
+from veris_remediate.role_reports.service import ServiceHealth, UnitsSnapshot
 
 
 def test_recorded_scenarios_are_all_there() -> None:
-    assert set(SCENARIOS) == {"bad_config", "not_needed", "resolved", "rolled_back", "unreachable"}
+    assert set(SCENARIOS) >= {"bad_config", "not_needed", "resolved", "rolled_back", "unreachable"}
 
 
 def test_check_run_of_a_stopped_service_predicts_one_start() -> None:
@@ -24,23 +25,33 @@ def test_check_run_of_a_stopped_service_predicts_one_start() -> None:
     assert hs.failed_tasks == ()
     assert hs.stats["changed"] == 1
     health = hs.reports["health"]
-    assert health["active_state"] == "inactive"
-    assert health["healthy"] is False
-    assert health["port_open"] is False
-    assert hs.reports["snapshot"]["units"][0]["unit"] == "nginx.service"
+    assert isinstance(health, ServiceHealth)
+    assert health.active_state == "inactive"
+    assert health.healthy is False
+    assert health.port_open is False
+    snapshot = hs.reports["units.snapshot"]
+    assert isinstance(snapshot, UnitsSnapshot)
+    assert snapshot.units[0].unit == "nginx.service"
     assert "verify" not in hs.reports
+    assert hs.report_errors == ()
 
 
 def test_apply_run_reports_verify_healthy() -> None:
     hs = summary("resolved", "apply").host("lab1")
-    assert hs.reports["verify"]["healthy"] is True
-    assert hs.reports["verify"]["http_status"] == 200
-    assert hs.reports["snapshot"]["units"][0]["active_state"] == "inactive"
+    verify = hs.reports["verify"]
+    assert isinstance(verify, ServiceHealth)
+    assert verify.healthy is True
+    assert verify.http_status == 200
+    snapshot = hs.reports["units.snapshot"]
+    assert isinstance(snapshot, UnitsSnapshot)
+    assert snapshot.units[0].active_state == "inactive"
 
 
 def test_failed_check_and_its_message() -> None:
     hs = summary("bad_config", "check").host("lab1")
-    assert hs.reports["health"]["config_valid"] is False
+    health = hs.reports["health"]
+    assert isinstance(health, ServiceHealth)
+    assert health.config_valid is False
     failed = hs.failed_tasks
     assert len(failed) == 1
     assert "invalid" in failed[0].msg
@@ -106,3 +117,47 @@ def test_ignored_failures_do_not_count_and_reports_need_a_kind() -> None:
     hs = fold_events([ignored, kindless], check=False).host("h")
     assert hs.failed_tasks == ()
     assert hs.reports == {}
+    assert hs.report_errors == ("report of unknown kind 'None'",)
+
+
+def _report_event(report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event": "runner_on_ok",
+        "event_data": {"host": "h", "task": "r", "res": {"veris_report": report}},
+    }
+
+
+def test_reports_are_validated_against_their_kinds_model() -> None:
+    good = next(
+        e["event_data"]["res"]["veris_report"]
+        for e in events("resolved", "check")
+        if e["event"] == "runner_on_ok" and "veris_report" in e["event_data"].get("res", {})
+        and e["event_data"]["res"]["veris_report"]["kind"] == "health"
+    )  # fmt: skip
+    extra = {**good, "smuggled": "x"}
+    wrong = {**good, "healthy": "very"}
+    missing = {k: v for k, v in good.items() if k != "unit"}
+    hs = fold_events([_report_event(r) for r in (good, extra, wrong, missing)], check=True).host(
+        "h"
+    )
+    assert isinstance(hs.reports["health"], ServiceHealth)  # the good one
+    assert len(hs.report_errors) == 3
+    assert any("smuggled" in e for e in hs.report_errors)
+    assert any("healthy" in e for e in hs.report_errors)
+    assert any("unit" in e for e in hs.report_errors)
+
+
+def test_diffs_become_text_for_the_preview() -> None:
+    before_after = {"before": "a\nb\n", "after": "a\nc\n", "before_header": "/etc/x"}
+    text = diff_text([before_after, {"prepared": "+ allow 22/tcp"}, "junk"])
+    assert "--- /etc/x" in text
+    assert "-b\n+c\n" in text
+    assert text.endswith("+ allow 22/tcp\n")
+    state = diff_text({"before": {"state": "absent"}, "after": {"state": "file"}})
+    assert '-  "state": "absent"' in state
+    assert "cut short" in diff_text({"prepared": "x" * 10_000})
+    ok = {
+        "event": "runner_on_ok",
+        "event_data": {"host": "h", "task": "t", "res": {"changed": True, "diff": before_after}},
+    }
+    assert "+c" in fold_events([ok], check=True).host("h").tasks[0].diff

@@ -61,7 +61,9 @@ def test_requests_carry_no_alert_data_and_vars_are_unsafe(tmp_path: Path) -> Non
     assert check.playbook.name == apply.playbook.name == "service_restart.yml"
     assert check.inventories[-1].name == "target_inventory.yml"
     extravars = (apply.private_data_dir / "env" / "extravars").read_text()
-    assert "veris_target_healthy: false" in extravars
+    # The apply run is told the check run's diagnosis instead of repeating it.
+    assert "veris_assessment:" in extravars
+    assert "  healthy: false" in extravars
     assert '!unsafe "HTTP probe of http://lab1/ failing for 10s"' in extravars
     # The request itself holds only our paths and settings.
     dumped = apply.model_dump_json()
