@@ -22,6 +22,13 @@ class LabHandle:
         self.lab = lab
         self.inventory = inventory
 
+    def name(self, index: int) -> str:
+        """Host ``index`` (1-based) of this lab: lab1, or fw1 under another prefix."""
+        return f"{self.lab.prefix}{index}"
+
+    def address(self, index: int) -> str:
+        return f"198.18.{self.lab.first_subnet + index - 1}.2"
+
     def ssh(self, host: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         # ssh joins its arguments with spaces for the remote shell: quote them as one string.
         return subprocess.run(
@@ -51,7 +58,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
         pytest.fail(f"integration tests need lab hosts: {exc.message}")
     cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
     state = tmp_path_factory.mktemp("lab-state")
-    the_lab = Lab(state, cache, prefix="lab", first_subnet=1)
+    # Hosts lab1, lab2 on 198.18.1-2.x; concurrent test runs on one machine need their own
+    # (the alert fixtures name lab1/lab2, so tests that use them need the default prefix).
+    prefix = os.environ.get("VERIS_TEST_LAB_PREFIX", "lab")
+    subnet = int(os.environ.get("VERIS_TEST_LAB_SUBNET", "1"))
+    the_lab = Lab(state, cache, prefix=prefix, first_subnet=subnet)
     try:
         inventory = the_lab.up(2)
         yield LabHandle(the_lab, inventory)
