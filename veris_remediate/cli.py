@@ -65,6 +65,12 @@ def _print_report(report: RunReport) -> None:
         _out.print(f"  • {reason}", markup=False)
     for finding in report.findings:
         _out.print(f"  [{finding.severity}] {finding.host}: {finding.message}", markup=False)
+    if report.preview:
+        _out.print("predicted by the check run:" if report.check_only else "changes:")
+        for change in report.preview:
+            _out.print(f"  ~ {change.task} ({change.action})", markup=False)
+            for line in change.diff.splitlines()[:40]:
+                _out.print(f"      {line}", markup=False, highlight=False)
     table = Table("phase", "status", "seconds", "detail", box=None, pad_edge=False)
     for phase in report.phases:
         table.add_row(phase.name, phase.status, f"{phase.seconds:.2f}", phase.detail)
@@ -180,10 +186,14 @@ def plan(
         return
     for n, p in enumerate(plans):
         steps = [s for s in (p.diagnose, p.preview, p.apply) if s is not None]
-        _out.print(
-            f"[bold]{p.host}[/]: {p.workflow} / {p.fix.name if p.fix else 'no fix'} "
-            f"for {p.service.name} (units: {', '.join(p.units)})"
+        target = f"service {p.service.name} (units: {', '.join(p.units)})" if p.service else "host"
+        fix = (
+            f"{p.fix.name} ({p.fix.scope}, risk {p.fix.risk}, "
+            f"{'reversible' if p.fix.reversible else 'irreversible'})"
+            if p.fix
+            else "no fix"
         )
+        _out.print(f"[bold]{p.host}[/]: {p.workflow} / {fix} for {target}", markup=True)
         for s in steps:
             _out.print(f"  {s.phase:8} {s.playbook}{'  --check --diff' if s.check else ''}")
             if out:
@@ -194,6 +204,36 @@ def plan(
                 (d / s.playbook).write_text((playbooks_dir() / s.playbook).read_text())
     if out:
         _out.print(f"written to {out}")
+
+
+@main.command()
+@_inventory_option
+@click.option("--limit", help="Only this inventory host.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def baseline(
+    ctx: click.Context, inventory: tuple[str, ...], limit: str | None, as_json: bool
+) -> None:
+    """Record last-known-good copies of declared config files while services are healthy.
+
+    Only services that are healthy right now and whose validator passes are recorded;
+    config repair restores the newest copy that still validates.
+    """
+    try:
+        result = _remediator(ctx, inventory).baseline(limit=limit)
+    except VerisError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json")))
+    else:
+        table = Table("host", "service", "file", "status", "detail", box=None, pad_edge=False)
+        for e in result.entries:
+            detail = e.reason or (e.sha256[:12] if e.sha256 else "")
+            table.add_row(e.host, e.service or "-", e.path or "-", e.status, detail)
+        _out.print(f"baseline run {result.run_id}")
+        _out.print(table)
+    sys.exit(result.exit_code)
 
 
 @main.command("report")
