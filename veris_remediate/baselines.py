@@ -89,6 +89,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _intact(copy: BaselineCopy) -> bool:
+    try:
+        return file_sha256(Path(copy.src)) == copy.sha256
+    except OSError:
+        return False
+
+
 class BaselineStore:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "baselines"
@@ -113,7 +120,7 @@ class BaselineStore:
         for directory in sorted(base.iterdir()):
             for copy in self._read_index(directory):
                 # The bytes must still be what the index says; anything else is not a baseline.
-                if (paths is None or copy.path in paths) and Path(copy.src).is_file():
+                if (paths is None or copy.path in paths) and _intact(copy):
                     found.append(copy)
         return sorted(found, key=lambda c: c.last_seen, reverse=True)
 

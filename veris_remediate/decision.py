@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .events import HostSummary, RunSummary
 from .fixes import FixSpec
-from .role_reports import Assessment, Blocker
+from .role_reports import Assessment, Blocker, Scope
 from .workspace import History
 
 Action = Literal["apply", "skip", "escalate", "reject", "brake"]
@@ -62,9 +62,19 @@ class Decision(BaseModel):
 
 
 def decide(
-    check: RunSummary, host: str, fix: FixSpec, history: History, threshold: float
+    check: RunSummary,
+    host: str,
+    fix: FixSpec,
+    history: History,
+    threshold: float,
+    *,
+    scope: Scope | None = None,
 ) -> Decision:
-    """Score a previewed fix. Below ``threshold`` a human decides; nothing is applied."""
+    """Score a previewed fix. Below ``threshold`` a human decides; nothing is applied.
+
+    With ``scope``, the assessment is judged as the apply run would get it (cut down to
+    the plan's scope), so nothing the host reported beyond the scope can make it apply.
+    """
 
     def final(
         action: Action,
@@ -98,6 +108,8 @@ def decide(
     if not isinstance(assessment, Assessment):
         reason = f"the check run produced no {fix.reports.assess} report (the diagnosis)"
         return final("escalate", 0.0, [reason], "escalated")
+    if scope is not None:
+        assessment = assessment.restricted(scope)
     if not assessment.problem_present():
         reason = f"no problem found: {assessment.describe()}; nothing to do"
         return final("skip", 1.0, [reason], "not_needed")

@@ -154,6 +154,19 @@ def diff_text(diff: object) -> str:
     return text if len(text) <= _DIFF_LIMIT else text[:_DIFF_LIMIT] + "\n[diff cut short]\n"
 
 
+def _task_diff(res: Mapping[str, Any]) -> str:
+    """The diff of a task, or of each item of a looped task."""
+    if res.get("diff"):
+        return diff_text(res["diff"])
+    results = res.get("results")
+    if isinstance(results, list):
+        parts = [item["diff"] for item in results if isinstance(item, Mapping) and item.get("diff")]
+        return diff_text(
+            [d for part in parts for d in (part if isinstance(part, list) else [part])]
+        )
+    return ""
+
+
 def _is_unpredictable(status: str, res: Mapping[str, Any], check: bool) -> bool:
     if not check:
         return False
@@ -219,7 +232,7 @@ class EventFolder:
                 ignored=bool(data.get("ignore_errors")),
                 unpredictable=_is_unpredictable(status, res, self._check),
                 msg=_message(res) if status in ("failed", "unreachable", "skipped") else "",
-                diff=diff_text(res.get("diff")) if res.get("diff") else "",
+                diff=_task_diff(res),
             )
         )
 

@@ -486,11 +486,15 @@ class _Remediation:
             close_control_masters(self.control_dir)
 
     def _plan(self, route: Route) -> RemediationPlan | RemediationResult:
-        with self.phases.timed("plan"):
+        refused: NoRuleError | None = None
+        with self.phases.timed("plan") as ph:
             try:
                 plan = self.o.build_plan(route, self.run_id)
             except NoRuleError as exc:
-                return self.result(None, "escalate", "escalated", [exc.message], route=route)
+                refused = exc
+                ph["detail"] = exc.message
+        if refused is not None:  # after the timer, so the plan phase is in the result
+            return self.result(None, "escalate", "escalated", [refused.message], route=route)
         self.o.audit.append(
             "plan",
             {
@@ -527,7 +531,12 @@ class _Remediation:
             since = datetime.now(UTC) - timedelta(hours=self.o.settings.history_hours)
             history = self.o.workspace.history(self.host, fix.name, since)
             decision = decide(
-                check.summary, self.host, fix, history, self.o.settings.confidence_threshold
+                check.summary,
+                self.host,
+                fix,
+                history,
+                self.o.settings.confidence_threshold,
+                scope=plan.scope,
             )
             ph["detail"] = f"{fix.name}: {decision.action} ({decision.confidence:.2f})"
         self.o.audit.append(
@@ -552,6 +561,7 @@ class _Remediation:
 
         assessment = hs.report(fix.reports.assess)
         assert isinstance(assessment, Assessment)  # decide() applies only with one
+        # apply_step cuts it to the plan's scope: the same view decide() scored.
         apply = self.step(apply_step(plan, assessment), slot)
         with self.phases.timed("verify") as ph:
             verdict = assess_apply(apply.summary, self.host, fix)

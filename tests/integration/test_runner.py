@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
 from veris_remediate.planner import PlaybookStep
+from veris_remediate.role_reports import Report, report_kind
 from veris_remediate.runner import AnsibleRunnerExecutor, RunRequest
 from veris_remediate.workspace import Workspace
 
 pytestmark = pytest.mark.integration
+
+
+@report_kind("test.echo")
+class Echo(Report):
+    """The echo playbook's report: the untrusted values as Ansible saw them."""
+
+    kind: Literal["test.echo"]
+    summary: str
+    unit: str
+    first_unit: str
+
 
 PLAYBOOK = """
 - name: Echo untrusted data back
@@ -22,7 +34,7 @@ PLAYBOOK = """
     - name: Use the values the way our roles do
       ansible.builtin.set_fact:
         veris_report:
-          kind: echo
+          kind: test.echo
           summary: "{{ veris_alert_summary }}"
           unit: "{{ veris_service.unit }}"
           first_unit: "{{ veris_units_in_order[0] }}"
@@ -83,10 +95,9 @@ def test_template_and_shell_text_in_vars_is_inert(tmp_path: Path) -> None:
         }
         result = executor.run(_local_request(tmp_path, PLAYBOOK, extravars))
         assert result.status == "successful", result
-        report = result.summary.host("localhost").reports["echo"]
-        assert report["summary"] == text
-        assert report["unit"] == text
-        assert report["first_unit"] == text
+        report = result.summary.host("localhost").reports["test.echo"]
+        assert isinstance(report, Echo)
+        assert (report.summary, report.unit, report.first_unit) == (text, text, text)
         assert not marker.exists(), f"{text!r} was executed"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict
@@ -111,6 +112,21 @@ class UnitState(BaseModel):
     @property
     def running(self) -> bool:
         return self.active_state in RUNNING
+
+
+def unit_mismatches(before: Sequence[UnitState], after: Sequence[UnitState]) -> list[str]:
+    """Units of ``before`` that are missing from ``after`` or run where they did not (or v.v.)."""
+    now = {u.unit: u for u in after}
+    problems: list[str] = []
+    for was in before:
+        state = now.get(was.unit)
+        if state is None:
+            problems.append(f"rollback did not report {was.unit}")
+        elif was.running != state.running:
+            problems.append(
+                f"{was.unit} was {was.active_state} before, is {state.active_state} now"
+            )
+    return problems
 
 
 @report_kind("units.snapshot")
