@@ -22,8 +22,12 @@ SCENARIOS = sorted(
 
 def test_every_role_has_scenarios() -> None:
     roles = {role for role, _ in SCENARIOS}
-    assert {"service_health", "service_restart"} <= roles
-    assert ("service_restart", "rollback") in SCENARIOS
+    assert {path.name for path in ROLES.iterdir() if path.is_dir()} == roles
+    fix_roles = {p.parents[1].name for p in ROLES.glob("*/meta/veris_fix.yml")}
+    assert {"service_restart", "ufw_harden", "cache_clear", "config_repair"} <= fix_roles
+    for role in fix_roles:  # every fix family proves its rollback entry point
+        assert (role, "default") in SCENARIOS
+        assert (role, "rollback") in SCENARIOS
 
 
 @pytest.mark.molecule

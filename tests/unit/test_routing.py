@@ -112,6 +112,9 @@ def test_default_rules_load_and_cover_the_documented_alerts() -> None:
         ("NginxDown", "service_health", "service_restart"),
         ("RedisDown", "service_health", "service_restart"),
         ("HighMemoryUsage", "performance", None),
+        ("CacheDirFull", "performance", "cache_clear"),
+        ("DiskFull", "performance", "cache_clear"),
+        ("NodeFilesystemAlmostOutOfSpace", "performance", "cache_clear"),
     ],
 )
 def test_default_routes(name: str, workflow: str, fix: str | None) -> None:
@@ -168,6 +171,23 @@ def test_sentinel_s1_sample() -> None:
         "service_restart",
         "nginx",
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "host", "rule", "fix"),
+    [
+        ("alertmanager-firewall-exposed.json", "lab1", "ufw-harden-inactive", "ufw_harden"),
+        ("sentinel-s11-firewall.json", "lab1", "ufw-harden-inactive", "ufw_harden"),
+        ("generic-disk-cache.json", "lab2", "cache-dir-full", "cache_clear"),
+    ],
+)
+def test_host_wide_samples_route_on_a_host_with_two_services(
+    name: str, host: str, rule: str, fix: str
+) -> None:
+    # lab1 and lab2 declare nginx and redis-server; these alerts name neither: routed.
+    assert len(lab().hosts[host].services) == 2
+    (r,) = handle(sample(name))
+    assert (r.target.host, r.rule, r.fix, r.service) == (host, rule, fix, None)
 
 
 def test_diagnosis_only_sample_without_a_service_escalates() -> None:
@@ -371,10 +391,13 @@ def test_same_alert_twice_in_a_payload_gives_one_route() -> None:
 def test_diagnosis_routes_of_different_workflows_are_not_duplicates() -> None:
     nginx = ServiceSpec(name="nginx", unit="nginx.service")
     inv = with_host("h1", nginx)
-    routes = [
-        route(alert(n, instance="h1"), inv)
-        for n in ("HighMemoryUsage", "FirewallInactive", "DiskFull")
-    ]
+    rules = RuleSet(
+        rules=(
+            Rule(name="mem", match_alertnames=("Mem", "Swap"), workflow="performance"),
+            Rule(name="fw", match_alertnames=("Fw",), workflow="firewall"),
+        )
+    )
+    routes = [route(alert(n, instance="h1"), inv, rules) for n in ("Mem", "Fw", "Swap")]
     assert [r.workflow for r in dedupe_routes(routes)] == ["performance", "firewall"]
 
 
