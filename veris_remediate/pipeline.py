@@ -524,9 +524,17 @@ class _Remediation:
         check = self.step(plan.preview, slot)
         hs = check.summary.host(self.host)
         self.findings = findings(self.host, *hs.reports.values())
-        self.preview = tuple(
+        changes = [
             PreviewChange(task=t.task, action=t.action, diff=t.diff) for t in hs.changed_tasks
-        )
+        ]
+        assessed = hs.report(fix.reports.assess)
+        if isinstance(assessed, Assessment) and assessed.preview_diff():
+            # The role's own before/after, for a fix whose modules show no diff.
+            role_view = PreviewChange(
+                task=assessed.describe(), action=fix.reports.assess, diff=assessed.preview_diff()
+            )
+            changes.insert(0, role_view)
+        self.preview = tuple(changes)
         with self.phases.timed("decide") as ph:
             since = datetime.now(UTC) - timedelta(hours=self.o.settings.history_hours)
             history = self.o.workspace.history(self.host, fix.name, since)

@@ -178,6 +178,10 @@ def test_check_only_previews_rules_closing_ports_and_connected_clients(
     assert (report["outcome"], report["remediation"]) == ("escalated", "ufw_harden")
     assert report["confidence"] == pytest.approx(0.68)
     tasks = [c["task"] for c in report["preview"]]
+    # The firewall before and after leads the preview; the ufw tasks follow.
+    diff = report["preview"][0]["diff"]
+    assert "+ufw active" in diff
+    assert f"-client {_controller(lab)} on 8081/tcp" in diff
     assert "Allow incoming 22/tcp from any, 80/tcp from any" in tasks
     client = f"shuts out {_controller(lab)} on 8081/tcp"
     assert any("closes 8081/tcp (python3)" in t and client in t for t in tasks), tasks

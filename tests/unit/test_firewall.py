@@ -201,8 +201,9 @@ def test_resolved_run_previews_rules_and_closing_ports_then_verifies(tmp_path: P
     remediator, executor = _remediator(tmp_path, "fw_resolved")
     report = remediator.handle(recorded.payload("fw_resolved"))
     assert report.confidence == pytest.approx(0.85)
-    tasks = [c.task for c in report.preview]
-    assert all(c.action == "community.general.ufw" for c in report.preview)
+    assert report.preview[0].action == "firewall.plan"  # the role's before/after first
+    tasks = [c.task for c in report.preview[1:]]
+    assert all(c.action == "community.general.ufw" for c in report.preview[1:])
     assert tasks[0] == "Allow incoming 22/tcp from any, 80/tcp from any"
     assert tasks[-1].startswith("Enable ufw - closes ")
     assert "8081/tcp (python3)" in tasks[-1]
@@ -229,6 +230,28 @@ def test_a_connected_client_lowers_confidence_below_the_threshold(tmp_path: Path
     assert report.decision == "escalate"
     assert any("shuts out 10.99.0.2 on 8081/tcp" in c.task for c in report.preview)
     assert any(f.severity == "critical" and "10.99.0.2" in f.message for f in report.findings)
+
+
+def test_the_preview_opens_with_the_firewall_before_and_after(tmp_path: Path) -> None:
+    # community.general.ufw shows no diff: the plan's own before/after leads the preview.
+    remediator, _ = _remediator(tmp_path, "fw_client_connected")
+    report = remediator.handle(recorded.payload("fw_client_connected"))
+    first = report.preview[0]
+    assert first.action == "firewall.plan"
+    lines = first.diff.splitlines()
+    assert lines[:4] == [
+        "--- firewall now",
+        "+++ firewall after ufw_harden",
+        "-ufw inactive",
+        "+ufw active",
+    ]
+    assert "+allow 22/tcp from any  (ssh)" in lines
+    assert "-reachable 8081/tcp (python3) on 0.0.0.0" in lines
+    assert "-client 10.99.0.2 on 8081/tcp  (its next connection refused)" in lines
+    # Nothing to change, nothing to show.
+    compliant = _report("fw_not_needed", "check", "firewall.plan")
+    assert isinstance(compliant, FirewallPlan)
+    assert compliant.preview_diff() == ""
 
 
 def test_lockout_is_healed_by_the_on_host_revert_and_the_outcome_says_so(tmp_path: Path) -> None:

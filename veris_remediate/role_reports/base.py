@@ -118,6 +118,14 @@ class Assessment(Report):
         """This assessment as the apply run may see it: nothing outside ``scope``."""
         return self
 
+    def preview_diff(self) -> str:
+        """The change as the role computed it, before → after, in unified-diff form.
+
+        For fixes whose modules show no diff of their own (a firewall's rule set); empty
+        when the modules' own ``--diff`` output says it all.
+        """
+        return ""
+
 
 class Snapshot(Report):
     """What was saved before the change; the rollback run gets it back, restricted."""

@@ -274,6 +274,24 @@ class FirewallPlan(Assessment):
     def describe(self) -> str:
         return f"{self.state.describe()}; {self.plan.describe()}"
 
+    def preview_diff(self) -> str:
+        """The firewall before and after hardening: status, default, rules, reachability."""
+        state, plan = self.state, self.plan
+        if plan.compliant:
+            return ""
+        now = "active" if state.active else "inactive"
+        after = "active" if state.active or plan.enable else "inactive"
+        lines = ["--- firewall now", "+++ firewall after ufw_harden"]
+        lines += [f" ufw {now}"] if now == after else [f"-ufw {now}", f"+ufw {after}"]
+        default = f"default incoming {state.default_incoming}"
+        lines += [f"-{default}", "+default incoming deny"] if plan.set_default else [f" {default}"]
+        lines += [f"+allow {rule.label}  ({rule.reason})" for rule in plan.to_add]
+        lines += [f"-{deletion.label}  (undeclared)" for deletion in plan.to_delete]
+        lines += [f" {kept.label}  (kept: {kept.why})" for kept in plan.kept]
+        lines += [f"-reachable {port.label} on {port.address}" for port in plan.closing]
+        lines += [f"-client {cut.label}  (its next connection refused)" for cut in plan.cut]
+        return "\n".join(lines) + "\n"
+
     def findings(self, host: str) -> list[Finding]:
         out: list[Finding] = []
 
