@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -37,3 +39,22 @@ def run_cli(
         cwd=cwd,
     )
     return CliResult(proc)
+
+
+def role_module(role: str, name: str, *, kind: str = "library", as_name: str = "") -> ModuleType:
+    """A Python file of a role (``library/`` or ``module_utils/``), imported for testing.
+
+    ``as_name`` also registers it in sys.modules under that name, the way Ansible ships a
+    role's module_utils (``ansible.module_utils.<name>``) to the modules importing it.
+    """
+    from veris_remediate.resources import roles_dir
+
+    path = roles_dir() / role / kind / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(as_name or name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    if as_name:
+        sys.modules[as_name] = module
+    spec.loader.exec_module(module)
+    return module

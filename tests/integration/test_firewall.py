@@ -6,20 +6,17 @@ one test must never reach another).
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers import EXAMPLES, FIXTURES, run_cli
+from tests.helpers import EXAMPLES, FIXTURES, role_module, run_cli
 from tests.integration.conftest import LabHandle
-from veris_remediate.resources import roles_dir
 
 pytestmark = pytest.mark.integration
 
@@ -41,17 +38,7 @@ FINGERPRINT = (
 )
 
 
-def _probe_module() -> ModuleType:
-    path = roles_dir() / "ufw_harden" / "library" / "ufw_harden_probe.py"
-    spec = importlib.util.spec_from_file_location("ufw_harden_probe", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-PROBE = _probe_module()
+PROBE = role_module("ufw_harden", "ufw_harden_probe")
 
 
 @pytest.fixture

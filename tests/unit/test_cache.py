@@ -3,10 +3,8 @@ irreversible rule, and the host-side module's deletion (symlinks, other filesyst
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import role_module
 from tests.unit import recorded
 from tests.unit.recorded import RecordedExecutor
 from veris_remediate.audit import AuditLog
@@ -446,21 +445,14 @@ def test_page_cache_in_a_container_is_a_finding_not_a_failure() -> None:
 # -- the module on the host: deletion that never follows a link or leaves its tree ---------
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def mod() -> ModuleType:
     # The module imports its helpers the way Ansible ships them (role module_utils).
-    _load("ansible.module_utils.veris_cache_fs", ROLE / "module_utils" / "veris_cache_fs.py")
-    return _load("veris_cache_clear_under_test", ROLE / "library" / "veris_cache_clear.py")
+    role_module(
+        "cache_clear", "veris_cache_fs", kind="module_utils",
+        as_name="ansible.module_utils.veris_cache_fs",
+    )  # fmt: skip
+    return role_module("cache_clear", "veris_cache_clear")
 
 
 def _tree(root: Path) -> tuple[Path, Path]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.helpers import EXAMPLES
+from tests.helpers import EXAMPLES, role_module
 from tests.unit import recorded
 from tests.unit.recorded import RecordedExecutor, summary
 from veris_remediate.alerts import Alert, parse_payload
@@ -26,7 +24,6 @@ from veris_remediate.inventory import (
 )
 from veris_remediate.pipeline import Remediator
 from veris_remediate.planner import build_plan
-from veris_remediate.resources import roles_dir
 from veris_remediate.role_reports.firewall import (
     CUT_CONNECTION_PENALTY,
     OWN_PORT_PENALTY,
@@ -46,17 +43,7 @@ SCENARIOS = ["fw_resolved", "fw_not_needed", "fw_previewed", "fw_client_connecte
              "fw_lockout", "fw_rolled_back"]  # fmt: skip
 
 
-def _probe_module() -> ModuleType:
-    path = roles_dir() / "ufw_harden" / "library" / "ufw_harden_probe.py"
-    spec = importlib.util.spec_from_file_location("ufw_harden_probe", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-PROBE = _probe_module()
+PROBE = role_module("ufw_harden", "ufw_harden_probe")
 
 
 def _remediator(tmp_path: Path, scenario: str) -> tuple[Remediator, RecordedExecutor]:

@@ -164,14 +164,4 @@ class UnitsRollback(Restoration):
     def mismatches(self, snapshot: Snapshot) -> list[str]:
         if not isinstance(snapshot, UnitsSnapshot):
             return [f"a {snapshot.kind} snapshot cannot be compared with unit states"]
-        now = {u.unit: u for u in self.units}
-        problems: list[str] = []
-        for before in snapshot.units:
-            after = now.get(before.unit)
-            if after is None:
-                problems.append(f"rollback did not report {before.unit}")
-            elif before.running != after.running:
-                problems.append(
-                    f"{before.unit} was {before.active_state} before, is {after.active_state} now"
-                )
-        return problems
+        return unit_mismatches(snapshot.units, self.units)

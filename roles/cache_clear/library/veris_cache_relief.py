@@ -256,6 +256,17 @@ def relief_result(watched, expected, rc, err):
     }
 
 
+def exit_preview(module, plan, headline):
+    """Exit with what a run would remove (check mode), as the preview's diff lists it."""
+    files = plan["files"]
+    text = "%s (%s):\n" % (headline, human(plan["bytes"])) + "".join(
+        "  - %s  %s\n" % (f["path"], human(f["bytes"])) for f in files
+    )
+    module.exit_json(
+        changed=bool(files), plan=plan, result=None, diff={"prepared": text} if files else {}
+    )
+
+
 def run_journal(module):
     size = module.params["vacuum_size"]
     limit = parse_size(size)
@@ -273,17 +284,8 @@ def run_journal(module):
         "bytes": sum(f["bytes"] for f in files),
     }
     if module.check_mode or here is False:
-        text = "journalctl --vacuum-size=%s would remove %s (%s):\n" % (
-            size,
-            count(len(files), "archived journal file", "archived journal files"),
-            human(plan["bytes"]),
-        ) + "".join("  - %s  %s\n" % (f["path"], human(f["bytes"])) for f in files)
-        module.exit_json(
-            changed=bool(files),
-            plan=plan,
-            result=None,
-            diff={"prepared": text} if files else {},
-        )
+        what = count(len(files), "archived journal file", "archived journal files")
+        exit_preview(module, plan, "journalctl --vacuum-size=%s would remove %s" % (size, what))
     # Watch every archived file, so files the tool removes beyond the prediction show.
     watched, _, _ = journal_prediction(0)
     expect = module.params["expect"]
@@ -389,16 +391,7 @@ def run_apt(module):
         files = []
     plan = {"on_filesystem": here, "files": files, "bytes": sum(f["bytes"] for f in files)}
     if module.check_mode or here is False:
-        text = "apt-get clean would remove %s (%s):\n" % (
-            count(len(files), "file", "files"),
-            human(plan["bytes"]),
-        ) + "".join("  - %s  %s\n" % (f["path"], human(f["bytes"])) for f in files)
-        module.exit_json(
-            changed=bool(files),
-            plan=plan,
-            result=None,
-            diff={"prepared": text} if files else {},
-        )
+        exit_preview(module, plan, "apt-get clean would remove " + count(len(files), "file", "files"))
     expect = module.params["expect"]
     rc, _, err = module.run_command(["apt-get", "clean"], environ_update={"LC_ALL": "C"})
     # The fresh prediction is every file apt-get clean removes now: new ones show as
