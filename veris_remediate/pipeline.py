@@ -14,14 +14,14 @@ from .alerts import Alert, AlertBatch, parse_payload
 from .audit import AuditLog
 from .baselines import BaselineEntry, BaselineResult, BaselineStore
 from .decision import Action, Decision, Outcome, decide
-from .events import RunSummary
+from .events import HostSummary, RunSummary
 from .exceptions import EscalatedError, NoRuleError, RejectedError, UsageError, VerisError
 from .fixes import FixCatalog, FixSpec, load_fixes
 from .inventory import Inventory, load_inventory
 from .planner import PlaybookStep, RemediationPlan, apply_step, build_plan, rollback_step
 from .report import PhaseRecord, PreviewChange, RemediationResult, RunReport, build_report
 from .resources import playbooks_dir, roles_dir
-from .role_reports import Assessment, Finding, Snapshot
+from .role_reports import Assessment, Finding, Report, Snapshot
 from .role_reports.baseline import BaselineReport
 from .routing import Route, RuleSet, dedupe_routes, load_rules, route_alert
 from .runner import AnsibleRunnerExecutor, Executor, RunRequest, RunResult, close_control_masters
@@ -427,6 +427,21 @@ class Remediator:
         return entries
 
 
+def _preview(hs: HostSummary, fix: FixSpec, assessment: Report | None) -> tuple[PreviewChange, ...]:
+    """The check run's predicted changes with their diffs, the role's own view first.
+
+    A role may render the change it computed (``preview_diff``), for modules that show
+    no diff of their own (community.general.ufw).
+    """
+    changes = [PreviewChange(task=t.task, action=t.action, diff=t.diff) for t in hs.changed_tasks]
+    if isinstance(assessment, Assessment) and assessment.preview_diff():
+        role_view = PreviewChange(
+            task=assessment.describe(), action=fix.reports.assess, diff=assessment.preview_diff()
+        )
+        changes.insert(0, role_view)
+    return tuple(changes)
+
+
 class _Remediation:
     """One route through check → decide → apply → verify → rollback (or a hand-off)."""
 
@@ -524,17 +539,8 @@ class _Remediation:
         check = self.step(plan.preview, slot)
         hs = check.summary.host(self.host)
         self.findings = findings(self.host, *hs.reports.values())
-        changes = [
-            PreviewChange(task=t.task, action=t.action, diff=t.diff) for t in hs.changed_tasks
-        ]
-        assessed = hs.report(fix.reports.assess)
-        if isinstance(assessed, Assessment) and assessed.preview_diff():
-            # The role's own before/after, for a fix whose modules show no diff.
-            role_view = PreviewChange(
-                task=assessed.describe(), action=fix.reports.assess, diff=assessed.preview_diff()
-            )
-            changes.insert(0, role_view)
-        self.preview = tuple(changes)
+        assessment = hs.report(fix.reports.assess)
+        self.preview = _preview(hs, fix, assessment)
         with self.phases.timed("decide") as ph:
             since = datetime.now(UTC) - timedelta(hours=self.o.settings.history_hours)
             history = self.o.workspace.history(self.host, fix.name, since)
@@ -567,7 +573,6 @@ class _Remediation:
             reasons = ["emergency brake engaged before apply"]
             return self.result(decision, "brake", "blocked", reasons, route=route, fix=fix)
 
-        assessment = hs.report(fix.reports.assess)
         assert isinstance(assessment, Assessment)  # decide() applies only with one
         # apply_step cuts it to the plan's scope: the same view decide() scored.
         apply = self.step(apply_step(plan, assessment), slot)
