@@ -260,6 +260,7 @@ def runs() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def runs_list(ctx: click.Context, as_json: bool) -> None:
+    """List past runs: id, alert, hosts and outcome."""
     ws = Workspace(_settings(ctx).state_dir)
     rows = []
     for run_id in ws.list_runs():
@@ -294,6 +295,7 @@ def runs_list(ctx: click.Context, as_json: bool) -> None:
 @click.argument("run_id")
 @click.pass_context
 def runs_show(ctx: click.Context, run_id: str) -> None:
+    """Show one run's stored report (JSON)."""
     try:
         click.echo(json.dumps(Workspace(_settings(ctx).state_dir).read_record(run_id, "report")))
     except VerisError as exc:
@@ -308,6 +310,7 @@ def audit() -> None:
 @audit.command("verify")
 @click.pass_context
 def audit_verify(ctx: click.Context) -> None:
+    """Check the audit log's hash chain; exit 6 at the first edited or missing record."""
     check = AuditLog(_settings(ctx).state_dir / "audit.jsonl").verify()
     click.echo(json.dumps(check.model_dump()))
     sys.exit(0 if check.ok else 6)
@@ -317,6 +320,7 @@ def audit_verify(ctx: click.Context) -> None:
 @click.option("-n", "count", default=20, show_default=True)
 @click.pass_context
 def audit_tail(ctx: click.Context, count: int) -> None:
+    """Print the last N audit records."""
     for record in AuditLog(_settings(ctx).state_dir / "audit.jsonl").tail(count):
         click.echo(json.dumps(record, sort_keys=True))
 
@@ -330,6 +334,7 @@ def brake() -> None:
 @click.option("--reason", required=True)
 @click.pass_context
 def brake_engage(ctx: click.Context, reason: str) -> None:
+    """Engage the brake: no fix is applied until it is released."""
     settings = _settings(ctx)
     Workspace(settings.state_dir).engage_brake(reason)
     AuditLog(settings.state_dir / "audit.jsonl").append("brake.engaged", {"reason": reason})
@@ -339,6 +344,7 @@ def brake_engage(ctx: click.Context, reason: str) -> None:
 @brake.command("release")
 @click.pass_context
 def brake_release(ctx: click.Context) -> None:
+    """Release the brake: fixes may be applied again."""
     settings = _settings(ctx)
     Workspace(settings.state_dir).release_brake()
     AuditLog(settings.state_dir / "audit.jsonl").append("brake.released", {})
@@ -348,6 +354,7 @@ def brake_release(ctx: click.Context) -> None:
 @brake.command("status")
 @click.pass_context
 def brake_status(ctx: click.Context) -> None:
+    """Say whether the brake is engaged, since when and why."""
     state = Workspace(_settings(ctx).state_dir).brake()
     click.echo(json.dumps({"engaged": state is not None, **(state or {})}))
 
@@ -380,6 +387,7 @@ _subnet = click.option(
 @_subnet
 @click.pass_context
 def lab_up(ctx: click.Context, hosts: int, prefix: str, first_subnet: int) -> None:
+    """Boot lab hosts (or keep those running) and print their inventory's path."""
     try:
         path = _lab(ctx, prefix, first_subnet).up(hosts)
     except VerisError as exc:
@@ -393,6 +401,7 @@ def lab_up(ctx: click.Context, hosts: int, prefix: str, first_subnet: int) -> No
 @_subnet
 @click.pass_context
 def lab_down(ctx: click.Context, prefix: str, first_subnet: int) -> None:
+    """Remove every host of the lab and all it left on this machine."""
     try:
         _lab(ctx, prefix, first_subnet).down()
     except VerisError as exc:
@@ -406,6 +415,7 @@ def lab_down(ctx: click.Context, prefix: str, first_subnet: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def lab_status(ctx: click.Context, prefix: str, first_subnet: int, as_json: bool) -> None:
+    """List the lab's hosts: address, running, ready."""
     hosts = _lab(ctx, prefix, first_subnet).status()
     if as_json:
         click.echo(json.dumps({"hosts": [h.model_dump() for h in hosts]}))
@@ -439,4 +449,5 @@ def lab_ssh(
 @_subnet
 @click.pass_context
 def lab_inventory(ctx: click.Context, prefix: str, first_subnet: int) -> None:
+    """Print the path of the lab's Ansible inventory."""
     click.echo(str(_lab(ctx, prefix, first_subnet).inventory_path()))
