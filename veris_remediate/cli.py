@@ -63,6 +63,11 @@ def _print_report(report: RunReport) -> None:
     )
     for reason in report.reasons:
         _out.print(f"  • {reason}", markup=False)
+    for cause in report.causes:
+        fix = f"fix: {cause.implied_fix}" if cause.implied_fix else "escalate: no safe fix"
+        _out.print(f"  likely cause: {cause.summary} ({cause.confidence:.2f}; {fix})", markup=False)
+        for evidence in cause.evidence[:5]:
+            _out.print(f"      - {evidence}", markup=False)
     for finding in report.findings:
         _out.print(f"  [{finding.severity}] {finding.host}: {finding.message}", markup=False)
     if report.preview:

@@ -4,6 +4,8 @@ The score starts at 1.0 and every signal that lowers it says why in the reasons:
 
 - the fix's assessment (the report its spec names as ``assess``) decides whether there is
   a problem at all (no: ``not_needed``) and whether this fix can help (a blocker: escalate);
+- the likely causes the check run's reports name (``causes.py``): a cause that rules this
+  fix out (a port held by another process rules out a restart) escalates, with the cause;
 - the preview must predict a change by one of the fix's ``expected_changes`` (none: it
   would not help), each predicted change by another module costs 0.25, each task check
   mode cannot predict 0.15, and each risk the role saw costs what it says (a firewall
@@ -25,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .causes import ruling_out, synthesize
 from .events import HostSummary, RunSummary
 from .fixes import FixSpec
 from .role_reports import Assessment, Blocker, Scope
@@ -125,6 +128,12 @@ def decide(
     if blocker is not None:
         reasons.append(blocker.reason)
         return final("escalate", 0.0, reasons, "escalated", blocker)
+    cause = ruling_out(synthesize(hs.reports.values()), fix.name)
+    if cause is not None:
+        evidence = "; ".join(cause.evidence[:3])
+        reason = f"likely cause: {cause.summary} ({evidence}), so {fix.name} cannot help"
+        reasons.append(reason)
+        return final("escalate", 0.0, reasons, "escalated", Blocker(code=cause.code, reason=reason))
     if failed:
         return final("escalate", 0.0, reasons, "escalated")
 

@@ -13,17 +13,24 @@ from typing import Any, Literal
 from .alerts import Alert, AlertBatch, parse_payload
 from .audit import AuditLog
 from .baselines import BaselineEntry, BaselineResult, BaselineStore
+from .causes import synthesize
 from .decision import Action, Decision, Outcome, decide
 from .events import HostSummary, RunSummary
 from .exceptions import EscalatedError, NoRuleError, RejectedError, UsageError, VerisError
 from .fixes import FixCatalog, FixSpec, load_fixes
 from .inventory import Inventory, load_inventory
-from .planner import PlaybookStep, RemediationPlan, apply_step, build_plan, rollback_step
+from .planner import (
+    PlaybookStep,
+    RemediationPlan,
+    apply_step,
+    build_plan,
+    rollback_step,
+)
 from .report import PhaseRecord, PreviewChange, RemediationResult, RunReport, build_report
 from .resources import playbooks_dir, roles_dir
-from .role_reports import Assessment, Finding, Report, Snapshot
+from .role_reports import Assessment, Cause, Finding, Report, Snapshot
 from .role_reports.baseline import BaselineReport
-from .routing import Route, RuleSet, dedupe_routes, load_rules, route_alert
+from .routing import WORKFLOWS, Route, RuleSet, dedupe_routes, load_rules, route_alert
 from .runner import AnsibleRunnerExecutor, Executor, RunRequest, RunResult, close_control_masters
 from .settings import Settings, settings_from_env
 from .targeting import resolve_target
@@ -454,6 +461,7 @@ class _Remediation:
         self.host = route.target.host
         self.phases = _Phases()
         self.findings: list[Finding] = []
+        self.causes: list[Cause] = []
         self.preview: tuple[PreviewChange, ...] = ()
         self.prefix: list[str] = []  # reasons carried over from a fix that handed off
         self.control_dir = owner.workspace.control_dir(run_id)
@@ -479,6 +487,7 @@ class _Remediation:
             rolled_back=rolled_back,
             phases=tuple(self.phases.records),
             findings=tuple(self.findings),
+            causes=tuple(self.causes),
             preview=self.preview,
             snapshot=fix.snapshot if fix and applied else None,
             reversible=fix.reversible if fix else None,
@@ -539,6 +548,7 @@ class _Remediation:
         check = self.step(plan.preview, slot)
         hs = check.summary.host(self.host)
         self.findings = findings(self.host, *hs.reports.values())
+        self.causes = synthesize(hs.reports.values())
         assessment = hs.report(fix.reports.assess)
         self.preview = _preview(hs, fix, assessment)
         with self.phases.timed("decide") as ph:
@@ -671,6 +681,7 @@ class _Remediation:
         diag = self.step(step, self.slot)
         hs = diag.summary.host(self.host)
         self.findings = findings(self.host, *hs.reports.values())
+        self.causes = synthesize(hs.reports.values())
         if hs.unreachable:
             return self.result(None, "skip", "failed", [f"{self.host} is unreachable over SSH"])
         if self.mode != "diagnose":
@@ -680,11 +691,16 @@ class _Remediation:
                 "escalated",
                 [f"no automatic fix for this alert ({plan.workflow}); diagnosis attached"],
             )
-        kind = plan.fix.reports.assess if plan.fix and step is plan.preview else "health"
+        if step is plan.diagnose:
+            kind = WORKFLOWS[plan.workflow].report
+        else:
+            kind = plan.fix.reports.assess if plan.fix else ""
         report = hs.report(kind)
         if isinstance(report, Assessment):
             verdict = "problem found" if report.problem_present() else "no problem found"
             reason = f"read-only diagnosis: {verdict}: {report.describe()}"
+        elif report is not None:
+            reason = f"read-only diagnosis: {report.describe()}"
         else:
             reason = f"read-only diagnosis: no {kind} report"
         return self.result(None, "skip", "previewed", [reason])

@@ -31,13 +31,10 @@ from .exceptions import NoRuleError
 from .fixes import FixCatalog, FixSpec, Requirement, load_fixes
 from .inventory import Inventory, InventoryHost, ServiceSpec, dependency_order
 from .role_reports import Assessment, Scope, Snapshot
-from .routing import Route
+from .routing import WORKFLOWS, Route
 from .settings import Settings
 
 Phase = Literal["diagnose", "check", "apply", "rollback", "baseline"]
-
-# Read-only diagnosis playbooks per workflow; a workflow without one cannot be diagnosed yet.
-DIAGNOSE_PLAYBOOKS: dict[str, str] = {"service_health": "service_diagnose.yml"}
 
 
 class PlaybookStep(BaseModel):
@@ -164,7 +161,8 @@ def build_plan(
     if fix is not None and "baseline" in fix.requires:
         data["veris_baseline"] = [b.model_dump(mode="json") for b in wanted]
     fix_data = {**data, **route.fix_params}
-    diagnose_pb = DIAGNOSE_PLAYBOOKS.get(route.workflow)
+    workflow = WORKFLOWS.get(route.workflow)
+    diagnosable = workflow is not None and (service is not None or not workflow.needs_service)
     return RemediationPlan(
         run_id=run_id,
         host=host.name,
@@ -176,8 +174,10 @@ def build_plan(
         scope=scope,
         # Diagnosis runs in check mode too: its probes opt out of check mode themselves,
         # and anything else it might do is previewed, never done.
-        diagnose=PlaybookStep(phase="diagnose", playbook=diagnose_pb, check=True, extravars=data)
-        if diagnose_pb and service
+        diagnose=PlaybookStep(
+            phase="diagnose", playbook=workflow.playbook, check=True, extravars=data
+        )
+        if workflow and diagnosable
         else None,
         preview=PlaybookStep(phase="check", playbook=fix.playbook, check=True, extravars=fix_data)
         if fix

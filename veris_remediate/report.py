@@ -10,7 +10,7 @@ import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
 from .decision import Action, Outcome
-from .role_reports import Finding
+from .role_reports import Cause, Finding
 
 PhaseStatus = Literal["ok", "failed", "skipped"]
 
@@ -74,6 +74,8 @@ class RemediationResult(BaseModel):
     reasons: tuple[str, ...] = ()
     phases: tuple[PhaseRecord, ...] = ()
     findings: tuple[Finding, ...] = ()
+    # Likely root causes, with their evidence and the fix each implies (None: escalate).
+    causes: tuple[Cause, ...] = ()
     # The check run's predicted changes (what apply would do, or did).
     preview: tuple[PreviewChange, ...] = ()
     # What was saved before the change (the fix spec's words), when a fix was applied.
@@ -100,6 +102,7 @@ class RunReport(BaseModel):
     reasons: tuple[str, ...]
     phases: tuple[PhaseRecord, ...]
     findings: tuple[Finding, ...]
+    causes: tuple[Cause, ...] = ()
     preview: tuple[PreviewChange, ...] = ()
     remediations: tuple[RemediationResult, ...] = Field(default_factory=tuple)
 
@@ -139,6 +142,7 @@ def build_report(
         reasons=head.reasons,
         phases=(*phases, *head.phases),
         findings=tuple(f for r in results for f in r.findings),
+        causes=tuple(c for r in results for c in r.causes),
         preview=head.preview,
         remediations=tuple(results),
     )

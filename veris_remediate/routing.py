@@ -35,9 +35,6 @@ from .inventory import Inventory, InventoryHost, ServiceSpec
 from .resources import default_rules_file
 from .targeting import Target
 
-WORKFLOWS = frozenset(
-    {"service_health", "database_connectivity", "performance", "security", "firewall", "general"}
-)
 # A service or name label is a claim about *which* service failed: if the host does not
 # declare it, refuse. Other labels (job: blackbox-http) merely might name a service.
 AUTHORITATIVE_LABELS = frozenset({"service", "name"})
@@ -45,6 +42,37 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 # params.service is routing's own (the fallback service); every other param goes to the fix.
 ROUTING_PARAMS = frozenset({"service"})
+
+
+class Workflow(BaseModel):
+    """A read-only diagnosis workflow: one Ansible run, one report of its own kind."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    playbook: str
+    report: str  # the role_reports kind it emits
+    needs_service: bool  # diagnoses one declared service, or the host
+
+
+# The six workflows rules route to; each playbook runs one read-only role.
+WORKFLOWS: dict[str, Workflow] = {
+    w.name: w
+    for w in (
+        Workflow(name="service_health", playbook="service_diagnose.yml", report="health",
+                 needs_service=True),
+        Workflow(name="database_connectivity", playbook="diagnose_database.yml",
+                 report="diag.database", needs_service=False),
+        Workflow(name="performance", playbook="diagnose_performance.yml",
+                 report="diag.performance", needs_service=False),
+        Workflow(name="security", playbook="diagnose_security.yml", report="diag.security",
+                 needs_service=False),
+        Workflow(name="firewall", playbook="diagnose_firewall.yml", report="diag.firewall",
+                 needs_service=False),
+        Workflow(name="general", playbook="diagnose_general.yml", report="diag.general",
+                 needs_service=False),
+    )
+}  # fmt: skip
 
 
 class Rule(BaseModel):
@@ -258,8 +286,9 @@ def _select_service(
     named = _named_service(alert, host, rule)
     if named is not None:
         return named
-    if spec is not None and spec.scope == "host":
-        return None  # guessing by port or "the only service" would narrow a host-wide fix
+    host_wide = spec.scope == "host" if spec else not WORKFLOWS[rule.workflow].needs_service
+    if host_wide:
+        return None  # guessing by port or "the only service" would narrow host-wide work
     if target.port is not None:
         by_port = [s for s in host.services.values() if s.port == target.port]
         if len(by_port) == 1:

@@ -190,17 +190,23 @@ def test_host_wide_samples_route_on_a_host_with_two_services(
     assert (r.target.host, r.rule, r.fix, r.service) == (host, rule, fix, None)
 
 
-def test_diagnosis_only_sample_without_a_service_escalates() -> None:
-    # A valid alert, no automatic fix, and the host has two services: a human must look.
-    with pytest.raises(NoRuleError, match="does not say which of the services") as caught:
-        handle(sample("grafana-high-memory.json"))
-    assert caught.value.exit_code == 4
-
-
-def test_diagnosis_only_alert_on_a_single_service_host_routes() -> None:
+def test_a_host_diagnosis_workflow_routes_without_a_service() -> None:
+    # Memory is about the host: diagnosed host-wide, whichever services it declares.
+    (r,) = handle(sample("grafana-high-memory.json"))
+    assert (r.target.host, r.workflow, r.fix, r.service) == ("lab2", "performance", None, None)
     nginx = ServiceSpec(name="nginx", unit="nginx.service", port=80)
-    (r,) = handle(sample("grafana-high-memory.json"), with_host("lab2", nginx))
-    assert (r.workflow, r.fix, r.service) == ("performance", None, nginx)
+    (one,) = handle(sample("grafana-high-memory.json"), with_host("lab2", nginx))
+    assert one.service is None  # not guessed from "the only service" either
+
+
+def test_a_service_diagnosis_without_a_service_escalates() -> None:
+    # A valid alert, no automatic fix, and the host has two services: a human must look.
+    rules = RuleSet(rules=(Rule(name="svc", match_alertnames=("Odd",), workflow="service_health"),))
+    with pytest.raises(NoRuleError, match="does not say which of the services") as caught:
+        route(alert("Odd", instance="lab1"), rules=rules)
+    assert caught.value.exit_code == 4
+    nginx = ServiceSpec(name="nginx", unit="nginx.service", port=80)
+    assert route(alert("Odd", instance="h1"), with_host("h1", nginx), rules).service == nginx
 
 
 # --- rule matching -----------------------------------------------------------------------------

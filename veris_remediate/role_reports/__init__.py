@@ -12,6 +12,7 @@ import pkgutil
 from .base import (
     Assessment,
     Blocker,
+    Cause,
     Finding,
     Report,
     ReportError,
@@ -34,6 +35,7 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "Assessment",
     "Blocker",
+    "Cause",
     "Finding",
     "Report",
     "ReportError",

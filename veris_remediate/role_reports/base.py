@@ -18,6 +18,9 @@ registered for its kind; nothing else a role says crosses into Python.
 - :class:`Verification` — the apply run's health check after the change.
 - :class:`Restoration` — the rollback run's answer to "is the prior state back?".
 
+Any report may also name likely root causes (:class:`Cause`, from ``causes()``) with the
+evidence they rest on; the decision refuses a fix that a cause rules out.
+
 A kind is one model; a model may serve several kinds and several roles (a service's
 ``health`` before the fix and ``verify`` after it are the same model).
 """
@@ -47,6 +50,35 @@ class Finding(BaseModel):
     host: str
     severity: Severity
     message: str
+
+
+class Cause(BaseModel):
+    """A likely root cause, named from what a report saw, with the evidence for it.
+
+    ``implied_fix`` is the fix family that addresses it, or None: escalate, no safe fix.
+    ``rules_out`` are fix families that cannot help while it holds (a restart does not
+    free a port another process holds): the decision refuses them, with this cause.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str
+    summary: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    evidence: tuple[str, ...]
+    implied_fix: str | None = None
+    rules_out: tuple[str, ...] = ()
+
+    def merged(self, other: Cause) -> Cause:
+        """The same cause seen twice: the surer confidence, both sets of evidence."""
+        return self.model_copy(
+            update={
+                "confidence": max(self.confidence, other.confidence),
+                "evidence": tuple(dict.fromkeys((*self.evidence, *other.evidence))),
+                "rules_out": tuple(dict.fromkeys((*self.rules_out, *other.rules_out))),
+                "implied_fix": self.implied_fix or other.implied_fix,
+            }
+        )
 
 
 class Signal(BaseModel):
@@ -97,6 +129,14 @@ class Report(BaseModel):
 
     def findings(self, host: str) -> list[Finding]:
         """What a person should know, as findings (none by default)."""
+        return []
+
+    def causes(self) -> list[Cause]:
+        """Likely root causes this report's evidence points to (none by default).
+
+        Rule-based and explainable: each names the facts it rests on. A diagnosis report
+        gives the causes of its workflow; ``causes.synthesize`` merges them across reports.
+        """
         return []
 
 
