@@ -369,11 +369,14 @@ def lab() -> None:
     """Disposable systemd hosts (root, systemd-nspawn) to try remediations on."""
 
 
-def _lab(ctx: click.Context, prefix: str, first_subnet: int) -> Any:
+def _lab(ctx: click.Context, prefix: str, first_subnet: int, features: tuple[str, ...] = ()) -> Any:
     from .lab import Lab
 
     settings = _settings(ctx)
-    return Lab(settings.state_dir, settings.lab_cache_dir, prefix=prefix, first_subnet=first_subnet)
+    return Lab(
+        settings.state_dir, settings.lab_cache_dir, prefix=prefix, first_subnet=first_subnet,
+        features=features,
+    )  # fmt: skip
 
 
 _prefix = click.option("--prefix", default="lab", show_default=True, help="Host name prefix.")
@@ -388,13 +391,23 @@ _subnet = click.option(
 
 @lab.command("up")
 @click.option("--hosts", default=1, show_default=True, type=click.IntRange(1, 50))
+@click.option(
+    "--with",
+    "features",
+    multiple=True,
+    type=click.Choice(["postgres", "docker"]),
+    help="Also run PostgreSQL and/or Docker (with a container 'web') on every host; "
+    "repeatable. Lean hosts mask them.",
+)
 @_prefix
 @_subnet
 @click.pass_context
-def lab_up(ctx: click.Context, hosts: int, prefix: str, first_subnet: int) -> None:
+def lab_up(
+    ctx: click.Context, hosts: int, features: tuple[str, ...], prefix: str, first_subnet: int
+) -> None:
     """Boot lab hosts (or keep those running) and print their inventory's path."""
     try:
-        path = _lab(ctx, prefix, first_subnet).up(hosts)
+        path = _lab(ctx, prefix, first_subnet, features).up(hosts)
     except VerisError as exc:
         _fail(exc, False)
         return

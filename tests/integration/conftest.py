@@ -50,12 +50,16 @@ class LabHandle:
         self.lab.reset_host(host)
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
+def _require_lab() -> None:
     try:
         require_root_and_tools()
     except LabError as exc:
         pytest.fail(f"integration tests need lab hosts: {exc.message}")
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
+    _require_lab()
     cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
     state = tmp_path_factory.mktemp("lab-state")
     # Hosts lab1, lab2 on 198.18.1-2.x; concurrent test runs on one machine need their own
@@ -65,6 +69,26 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
     the_lab = Lab(state, cache, prefix=prefix, first_subnet=subnet)
     try:
         inventory = the_lab.up(2)
+        yield LabHandle(the_lab, inventory)
+    finally:
+        the_lab.down()
+
+
+@pytest.fixture(scope="session")
+def feature_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
+    """One host that also runs PostgreSQL and Docker (container "web"), for the database
+    and container tests; booted on first use, removed at the end of the session.
+
+    Host fx1 on 198.18.5.0/30 (VERIS_TEST_FEATURE_LAB_PREFIX/_SUBNET override it).
+    """
+    _require_lab()
+    cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
+    state = tmp_path_factory.mktemp("feature-lab-state")
+    prefix = os.environ.get("VERIS_TEST_FEATURE_LAB_PREFIX", "fx")
+    subnet = int(os.environ.get("VERIS_TEST_FEATURE_LAB_SUBNET", "5"))
+    the_lab = Lab(state, cache, prefix=prefix, first_subnet=subnet, features=("postgres", "docker"))
+    try:
+        inventory = the_lab.up(1)
         yield LabHandle(the_lab, inventory)
     finally:
         the_lab.down()

@@ -189,6 +189,57 @@ def test_reset_host_boots_a_fresh_host(lab: Lab) -> None:
         lab.reset_host("lt4")
 
 
+# --- opt-in features: PostgreSQL and Docker ------------------------------------------------
+
+
+def test_lean_hosts_mask_the_optional_services(lab: Lab) -> None:
+    for unit in ("postgresql.service", "docker.service", "containerd.service"):
+        assert ssh(lab, "lt1", "systemctl", "is-enabled", unit).stdout.strip() == "masked"
+    assert ssh(lab, "lt1", "systemctl", "is-active", "postgresql@15-main").stdout.strip() != (
+        "active"
+    )
+
+
+def test_a_lab_keeps_its_features(lab: Lab, state_dir: Path) -> None:
+    other = Lab(state_dir, _cache_dir(), prefix=PREFIX, first_subnet=FIRST_SUBNET,
+                features=("docker",))  # fmt: skip
+    with pytest.raises(LabError, match="runs with features none"):
+        other.up(2)
+    with pytest.raises(LabError, match="unknown lab feature"):
+        Lab(state_dir, _cache_dir(), prefix=PREFIX, features=("mysql",))
+
+
+def test_a_feature_host_runs_postgres_and_a_docker_container(tmp_path: Path) -> None:
+    from veris_remediate.inventory import load_inventory
+
+    lab = Lab(tmp_path / "state", _cache_dir(), prefix="lf", first_subnet=203,
+              features=("postgres", "docker"))  # fmt: skip
+    try:
+        inventory = lab.up(1)
+        host = lab.status()[0]
+        assert host.ready
+        # PostgreSQL answers locally, and from the controller with the lab's password.
+        local = ssh(lab, "lf1", "runuser", "-u", "postgres", "--", "psql", "-tAc", "select 1")
+        assert local.stdout.strip() == "1", local.stderr
+        sql = "select count(*) from pg_stat_activity"
+        remote = ssh(lab, "lf1", "env", f"PGPASSWORD={lab.postgres_password()}", "psql",
+                     "-h", "198.18.203.2", "-U", "postgres", "-tAc", sql)  # fmt: skip
+        assert remote.returncode == 0, remote.stderr
+        # Docker runs the container "web", published on 8080 and reachable from here.
+        running = ssh(lab, "lf1", "docker", "inspect", "-f", "{{.State.Running}}", "web")
+        assert running.stdout.strip() == "true", running.stderr
+        with urllib.request.urlopen("http://198.18.203.2:8080/", timeout=10) as reply:
+            assert b"veris lab container" in reply.read()
+        # The inventory declares them, and our loader accepts it.
+        services = load_inventory([inventory]).hosts["lf1"].services
+        assert services["postgresql"].port == 5432
+        assert services["web"].container == "web"
+        assert services["web"].depends_on == ("docker",)
+    finally:
+        lab.down()
+    assert not Path("/run/netns/veris-lf1").exists()
+
+
 def test_down_leaves_nothing_behind(lab: Lab, state_dir: Path) -> None:
     assert leftovers(NAMES), "the probe must see the running hosts"
     lab.down()

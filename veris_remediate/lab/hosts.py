@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import re
+import secrets
+import shlex
 import shutil
 import subprocess
 import time
@@ -43,6 +45,16 @@ from .system import (
 logger = logging.getLogger(__name__)
 
 NEEDED_UNITS = frozenset({"ssh.service", "nginx.service", "redis-server.service"})
+# Opt-in features: their units are masked on hosts that do not ask for them (LAB.md), so
+# lean hosts stay lean (~22 MiB each; ~90 MiB with both).
+FEATURE_UNITS: dict[str, tuple[str, ...]] = {
+    "postgres": ("postgresql.service",),
+    "docker": ("docker.service", "docker.socket", "containerd.service"),
+}
+FEATURE_NEEDS: dict[str, frozenset[str]] = {
+    "postgres": frozenset({"postgresql@15-main.service"}),
+    "docker": frozenset({"docker.service", "veris-lab-web.service"}),
+}
 SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
     "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR",
@@ -87,6 +99,7 @@ class _State(BaseModel):
 
     prefix: str
     first_subnet: int
+    features: tuple[str, ...] = ()
     rootfs: str = ""
     hosts: dict[str, HostRecord] = Field(default_factory=dict)
 
@@ -113,14 +126,27 @@ class Lab:
     """Disposable lab hosts ``<prefix>1..N``, recorded under ``state_dir/lab``."""
 
     def __init__(
-        self, state_dir: Path, cache_dir: Path, *, prefix: str = "lab", first_subnet: int = 1
+        self,
+        state_dir: Path,
+        cache_dir: Path,
+        *,
+        prefix: str = "lab",
+        first_subnet: int = 1,
+        features: Iterable[str] = (),
     ) -> None:
         if not _PREFIX_RE.fullmatch(prefix):
             raise LabError(f"lab prefix must be 1-6 lowercase letters, not {prefix!r}")
         if not 1 <= first_subnet <= 255:
             raise LabError(f"first_subnet must be in 1..255, not {first_subnet}")
+        unknown = set(features) - set(FEATURE_UNITS)
+        if unknown:
+            raise LabError(
+                f"unknown lab feature(s) {', '.join(sorted(unknown))}: "
+                f"choose from {', '.join(sorted(FEATURE_UNITS))}"
+            )
         self.prefix = prefix
         self.first_subnet = first_subnet
+        self.features = tuple(sorted(set(features)))
         self._dir = Path(state_dir).absolute() / "lab"
         self._cache_dir = Path(cache_dir).absolute()
         if ":" in str(self._dir):  # nspawn's --bind-ro=SRC:DST cannot carry it
@@ -161,6 +187,12 @@ class Lab:
             raise LabError(f"cannot have {hosts} hosts from subnet {self.first_subnet} (max 255)")
         with as_lab_error("lab up"), self._locked():
             state = self._load_state()
+            if state.hosts and state.features != self.features:
+                raise LabError(
+                    f"the lab in {self._dir} runs with features "
+                    f"{', '.join(state.features) or 'none'}; use those, or run `lab down` first"
+                )
+            state = state.model_copy(update={"features": self.features})
             pub = self._ensure_key()
             rootfs = ensure_rootfs(self._cache_dir)
             count = max([hosts, *(self._index(name) for name in state.hosts)])
@@ -173,14 +205,17 @@ class Lab:
                     continue
                 destroy_host(name, record)  # leftovers of a host that died or was killed
                 state = self._save(state.with_host(name, HostRecord()))
-                state = self._save(state.with_host(name, self._boot(name, rootfs, pub)))
+                record = self._boot(name, rootfs, pub, state.features)
+                state = self._save(state.with_host(name, record))
                 fresh.add(name)
             deadline = time.monotonic() + timeout
             in_parallel(
                 lambda name: self._wait_ready(name, state, deadline, strict=name in fresh),
                 names,
             )
-            self._write_inventory(names)
+            if "postgres" in state.features:
+                in_parallel(self._set_postgres_password, sorted(fresh))
+            self._write_inventory(names, state.features)
         return self.inventory_path()
 
     def down(self) -> None:
@@ -228,11 +263,14 @@ class Lab:
             if not rootfs.is_dir():
                 rootfs = ensure_rootfs(self._cache_dir)
             state = self._save(state.with_host(name, HostRecord()))
-            state = self._save(state.with_host(name, self._boot(name, rootfs, self._ensure_key())))
+            record = self._boot(name, rootfs, self._ensure_key(), state.features)
+            state = self._save(state.with_host(name, record))
             self._wait_ready(name, state, time.monotonic() + timeout, strict=True)
+            if "postgres" in state.features:
+                self._set_postgres_password(name)
 
     # -- booting ----------------------------------------------------------------------------
-    def _boot(self, name: str, rootfs: Path, pub: Path) -> HostRecord:
+    def _boot(self, name: str, rootfs: Path, pub: Path, features: tuple[str, ...]) -> HostRecord:
         netns, outer, inner = f"veris-{name}", f"vh{name}", f"vt{name}"  # <= 11 < IFNAMSIZ
         for argv in (
             ["netns", "add", netns],
@@ -248,6 +286,10 @@ class Lab:
             ["-n", netns, "link", "set", "lo", "up"],
         ):
             run_tool(["ip", *argv])
+        if "docker" in features:
+            # /proc/sys is read-only inside the host, and dockerd refuses to start without
+            # forwarding: switch it on in the host's namespace from outside (LAB.md).
+            run_tool(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         hosts_file = self._dir / "hosts" / name
         hosts_file.parent.mkdir(exist_ok=True)
         # 127.0.1.1 <name>: sudo and friends resolve the host's own name without DNS.
@@ -263,6 +305,10 @@ class Lab:
             "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
             "-M", name, f"--bind-ro={pub}:/root/.ssh/authorized_keys",
             f"--bind-ro={hosts_file}:/etc/hosts",
+            *(f"--bind-ro=/dev/null:/etc/systemd/system/{unit}"
+              for feature, units in FEATURE_UNITS.items() if feature not in features
+              for unit in units),
+            *(["--system-call-filter=add_key keyctl"] if "docker" in features else []),
         ]  # fmt: skip
         procs = [str(cgroup / "cgroup.procs") for cgroup in cgroups]
         # posix_spawn, not Popen: nothing runs in the child before exec (no preexec_fn), the
@@ -307,13 +353,33 @@ class Lab:
                 return
             if system_state == "degraded":
                 failed = self._failed_units(name)
-                if strict and NEEDED_UNITS & set(failed):
+                needed = NEEDED_UNITS.union(*(FEATURE_NEEDS[f] for f in state.features))
+                if strict and needed & set(failed):
                     raise LabError(f"{name} booted degraded; failed units: {', '.join(failed)}")
                 logger.warning("%s is degraded; failed units: %s", name, ", ".join(failed))
                 return
             if done.returncode != 255 and system_state not in {"", "initializing", "starting"}:
                 raise LabError(f"{name}: system state {system_state!r} {done.stderr.strip()}")
             time.sleep(0.2)  # 255: sshd not listening yet
+
+    def postgres_password(self) -> str:
+        """The lab's password of PostgreSQL's postgres role (hosts with the postgres feature)."""
+        path = self._dir / "postgres_password"
+        if not path.exists():
+            path.write_text(secrets.token_hex(16))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def _set_postgres_password(self, name: str) -> None:
+        # The root file system is volatile: the password is set after every boot.
+        sql = f"ALTER USER postgres PASSWORD '{self.postgres_password()}'"  # hex only: no quoting
+        command = shlex.join(["runuser", "-u", "postgres", "--", "psql", "-qc", sql])
+        done = subprocess.run(
+            [*self.ssh_argv(name), command], capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise LabError(f"{name}: setting the postgres password failed: {done.stderr.strip()}")
 
     def _system_state(self, name: str) -> str:
         argv = [*self.ssh_argv(name), "systemctl", "is-system-running"]
@@ -388,9 +454,9 @@ class Lab:
         host = re.compile(rf"{self.prefix}[1-9][0-9]{{0,2}}")
         return {name for name in candidates if host.fullmatch(name)}
 
-    def _write_inventory(self, names: Iterable[str]) -> None:
+    def _write_inventory(self, names: Iterable[str], features: tuple[str, ...]) -> None:
         def services() -> dict[str, object]:  # a fresh dict per host: no YAML aliases
-            return {
+            declared: dict[str, object] = {
                 "nginx": {
                     "unit": "nginx.service", "port": 80, "health_url": "http://127.0.0.1/",
                     "public": True, "config_files": ["/etc/nginx/nginx.conf"],
@@ -398,6 +464,15 @@ class Lab:
                 },
                 "redis-server": {"unit": "redis-server.service", "port": 6379},
             }  # fmt: skip
+            if "postgres" in features:
+                declared["postgresql"] = {"unit": "postgresql@15-main.service", "port": 5432}
+            if "docker" in features:
+                declared["docker"] = {"unit": "docker.service"}
+                declared["web"] = {
+                    "container": "web", "port": 8080, "health_url": "http://127.0.0.1:8080/",
+                    "depends_on": ["docker"],
+                }  # fmt: skip
+            return declared
 
         document = {
             "all": {

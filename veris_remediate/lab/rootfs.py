@@ -20,6 +20,11 @@ SUITE = "bookworm"
 PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "ufw", "iptables",
     "redis-server", "nginx-light", "procps", "iproute2", "sudo", "curl",
+    # Opt-in features (masked on hosts that do not ask for them, LAB.md): PostgreSQL with
+    # the driver community.postgresql needs; Docker with the SDK community.docker uses.
+    "postgresql", "python3-psycopg2",
+    "docker.io", "containerd", "runc", "tini", "busybox-static", "python3-docker",
+    "python3-requests",
 )  # fmt: skip
 # Runs once in the new root file system (chroot). Part of the cache key: edit it, get a rebuild.
 POST_SCRIPT = """\
@@ -27,6 +32,61 @@ set -eu
 rm -f /etc/hostname             # else every host is named after the controller
 install -d -m 0700 /root/.ssh   # sshd StrictModes; authorized_keys is bind-mounted per lab
 systemctl enable ssh.service nginx.service redis-server.service
+# PostgreSQL: debootstrap's chroot creates no cluster; initdb needs /proc. Reachable from
+# the controller's side of the veth; the password is set after boot (the root is volatile).
+mount -t proc proc /proc
+trap 'umount /proc' EXIT
+[ -d /etc/postgresql/15/main ] || pg_createcluster --start-conf=auto 15 main
+printf "listen_addresses = '*'\\n" > /etc/postgresql/15/main/conf.d/lab.conf
+echo "host all all 198.18.0.0/15 scram-sha-256" >> /etc/postgresql/15/main/pg_hba.conf
+# Docker inside a container: vfs storage, writable cgroup controllers before it starts.
+install -d /etc/docker
+echo '{"storage-driver": "vfs"}' > /etc/docker/daemon.json
+cat > /usr/local/sbin/veris-lab-cgroups <<'SCRIPT'
+#!/bin/sh
+for d in /sys/fs/cgroup/*/; do
+  case $d in */systemd/|*/unified/) ;; *) mount -o remount,bind,rw "$d" ;; esac
+done
+SCRIPT
+cat > /etc/systemd/system/veris-lab-cgroups.service <<'UNIT'
+[Unit]
+Description=Writable cgroup controllers for Docker in a lab host
+Before=containerd.service docker.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/veris-lab-cgroups
+[Install]
+WantedBy=containerd.service docker.service
+UNIT
+# No registry is reachable: a busybox image from busybox-static, and one container "web"
+# (httpd on 8080) that exists from boot, so there is a container to diagnose and restart.
+install -d /opt/veris-lab/image/bin /opt/veris-lab/image/www
+cp /bin/busybox /opt/veris-lab/image/bin/busybox
+for tool in sh httpd sleep cat echo ls ps; do ln -s busybox /opt/veris-lab/image/bin/$tool; done
+echo "veris lab container" > /opt/veris-lab/image/www/index.html
+cat > /usr/local/sbin/veris-lab-web <<'SCRIPT'
+#!/bin/sh
+set -e
+docker image inspect local/busybox >/dev/null 2>&1 ||
+  tar -C /opt/veris-lab/image -c . | docker import -c 'CMD /bin/sh' - local/busybox
+docker container inspect web >/dev/null 2>&1 ||
+  docker run -d --init --name web -p 8080:8080 local/busybox httpd -f -p 8080 -h /www
+SCRIPT
+chmod 0755 /usr/local/sbin/veris-lab-cgroups /usr/local/sbin/veris-lab-web
+cat > /etc/systemd/system/veris-lab-web.service <<'UNIT'
+[Unit]
+Description=The lab's busybox image and its container "web"
+After=docker.service
+Requires=docker.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/local/sbin/veris-lab-web
+[Install]
+WantedBy=docker.service
+UNIT
+systemctl enable veris-lab-cgroups.service veris-lab-web.service
 apt-get clean
 # ufw stays installed but inactive (its package default, ENABLED=no): roles turn it on.
 """
@@ -67,6 +127,9 @@ def _debootstrap(final: Path) -> None:
     debs.mkdir(exist_ok=True)
     log_path = cache_dir / f"{final.name}.log"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
+    # mkdtemp made it 0700, and it becomes the hosts' "/": users other than root (postgres
+    # running initdb in the chroot) must be able to traverse it, during the build too.
+    tmp.chmod(0o755)
     try:
         with log_path.open("w") as log_file:
             for argv in (
@@ -83,7 +146,6 @@ def _debootstrap(final: Path) -> None:
                         f"building the lab root file system failed ({argv[0]} exit "
                         f"{done.returncode}); see {log_path}:\n{log_tail(log_path)}"
                     )
-        tmp.chmod(0o755)  # mkdtemp made it 0700, and it becomes the hosts' "/"
         tmp.rename(final)
     except BaseException:
         remove_tree(tmp)
