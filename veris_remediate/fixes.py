@@ -44,7 +44,9 @@ from .role_reports import Assessment, Report, Restoration, Snapshot, Verificatio
 FixScope = Literal["host", "service"]
 Risk = Literal["low", "medium", "high"]
 # What a fix may need declared before it is planned; each is checked by planner.py.
-Requirement = Literal["service", "firewall_policy", "cache_dirs", "config_validator", "baseline"]
+Requirement = Literal[
+    "service", "firewall_policy", "cache_dirs", "config_validator", "baseline", "postgres_policy"
+]
 ParamValue = StrictStr | StrictBool | StrictInt
 SPEC_FILE = Path("meta") / "veris_fix.yml"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -8,7 +8,9 @@ every veris key is validated strictly and a bad one stops the load:
   the opt-in to firewall hardening, which closes every port not allowed here, by a
   ``public: true`` service, or by SSH;
 - ``veris_cache``: optional host-wide relief that cache clearing may add (journald
-  vacuum, ``apt-get clean``, dropping the page cache).
+  vacuum, ``apt-get clean``, dropping the page cache);
+- ``veris_postgres``: how PostgreSQL connection relief may act (idle age, superusers,
+  a restart as the last resort); declaring it is the opt-in.
 """
 
 from __future__ import annotations
@@ -237,6 +239,24 @@ class CachePolicy(BaseModel):
         return value
 
 
+class PostgresPolicy(BaseModel):
+    """``veris_postgres``: how PostgreSQL connection relief may act (and its opt-in)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The veris_services entry that is this PostgreSQL server.
+    service: StrictStr = "postgresql"
+    # Idle sessions whose state has not changed for this many seconds may be terminated;
+    # younger idle sessions and active ones never are.
+    idle_age: Annotated[StrictInt, Field(ge=10)] = 600
+    # Connections at or above this share of max_connections is the problem relief solves.
+    near_limit_percent: Annotated[StrictInt, Field(ge=1, le=100)] = 90
+    # Superusers' sessions are never terminated unless this says so.
+    terminate_superuser: StrictBool = False
+    # A restart of PostgreSQL as the last, separately gated step (never by default).
+    restart_last_resort: StrictBool = False
+
+
 class InventoryHost(BaseModel):
     """A host of the inventory and what it declares (possibly nothing)."""
 
@@ -248,6 +268,7 @@ class InventoryHost(BaseModel):
     services: dict[str, ServiceSpec]
     firewall: FirewallPolicy | None = None  # None: the host does not opt in to hardening
     cache: CachePolicy = Field(default_factory=CachePolicy)
+    postgres: PostgresPolicy | None = None  # None: no PostgreSQL connection relief
 
 
 class Inventory(BaseModel):
@@ -281,6 +302,7 @@ def parse_inventory_listing(listing: Mapping[str, Any], sources: Sequence[Path])
             services=_services(name, variables.get("veris_services")),
             firewall=_policy(name, "veris_firewall", FirewallPolicy, variables),
             cache=_policy(name, "veris_cache", CachePolicy, variables) or CachePolicy(),
+            postgres=_policy(name, "veris_postgres", PostgresPolicy, variables),
         )
     return Inventory(sources=tuple(sources), hosts=hosts)
 
@@ -309,7 +331,7 @@ def _host_groups(listing: Mapping[str, Any]) -> dict[str, set[str]]:
     return result
 
 
-P = TypeVar("P", FirewallPolicy, CachePolicy)
+P = TypeVar("P", FirewallPolicy, CachePolicy, PostgresPolicy)
 
 
 def _policy(host: str, key: str, model: type[P], variables: Mapping[str, Any]) -> P | None:

@@ -6,7 +6,8 @@ settings, the rule and the validated alert, and reaches Ansible only as ``!unsaf
 
 - ``veris_run_id``; ``veris_alert`` (name, severity, summary, labels as name/value
   pairs) and ``veris_alert_summary``;
-- ``veris_host``: the host's declarations (``services``, ``firewall``, ``cache``);
+- ``veris_host``: the host's declarations (``services``, ``firewall``, ``cache``,
+  ``postgres``);
 - ``veris_service``: the routed service, or null for a host-wide fix;
 - ``veris_units_in_order``: the service's units, dependencies first (empty without one);
 - ``veris_scope``: what the plan may touch (units, config files, cache dirs);
@@ -98,6 +99,13 @@ def _unmet(requirement: Requirement, scope: Scope, host: InventoryHost,
         )
     if requirement == "cache_dirs":
         return None if scope.cache_dirs else "no cache_dirs are declared for it"
+    if requirement == "postgres_policy":
+        if host.postgres is not None and host.postgres.service in host.services:
+            return None
+        return (
+            f"host {host.name} does not declare veris_postgres (the opt-in to connection "
+            "relief) naming a declared service"
+        )
     if requirement == "config_validator":
         if service and service.config_files and service.validate:
             return None
@@ -150,6 +158,7 @@ def build_plan(
             "services": [s.model_dump(mode="json") for s in host.services.values()],
             "firewall": host.firewall.model_dump(mode="json") if host.firewall else None,
             "cache": host.cache.model_dump(mode="json"),
+            "postgres": host.postgres.model_dump(mode="json") if host.postgres else None,
         },
         "veris_service": service.model_dump(mode="json") if service else None,
         "veris_units_in_order": list(units),

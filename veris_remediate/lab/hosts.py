@@ -489,6 +489,8 @@ class Lab:
                         "veris_services": services(),
                         # Opt in to firewall hardening: SSH and nginx (public) stay open.
                         "veris_firewall": {"allow": []},
+                        # Opt in to connection relief: idle sessions older than 5 min.
+                        **({"veris_postgres": {"idle_age": 300}} if "postgres" in features else {}),
                     }
                     for name in names
                 },
