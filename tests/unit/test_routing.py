@@ -127,15 +127,54 @@ def test_default_routes(name: str, workflow: str, fix: str | None) -> None:
     )
 
 
-def test_postgres_routes_to_database_connectivity() -> None:
-    postgres = ServiceSpec(name="postgresql", unit="postgresql.service", port=5432)
-    r = route(alert("PostgresqlDown", instance="pg1:9187"), with_host("pg1", postgres))
+def test_postgres_down_restarts_the_declared_server() -> None:
+    postgres = ServiceSpec(name="postgresql", unit="postgresql@15-main.service", port=5432)
+    app = ServiceSpec(name="app", unit="app.service")
+    r = route(alert("PostgresqlDown", instance="pg1:9187"), with_host("pg1", postgres, app))
     assert (r.rule, r.workflow, r.fix, r.service) == (
-        "postgres-down",
-        "database_connectivity",
-        None,
-        postgres,
-    )
+        "postgres-down", "service_health", "service_restart", postgres
+    )  # fmt: skip
+    assert r.on_blocked == {"config_invalid": "config_repair"}
+
+
+@pytest.mark.parametrize(
+    ("check", "workflow", "fix"),
+    [
+        ("S1-probes", "service_health", "service_restart"),
+        ("S2-golden-fact-recall", "database_connectivity", None),
+        ("S3-paraphrase-robustness", "general", None),
+        ("S4-metrics-wiring", "general", None),
+        ("S5-security-negatives", "security", None),
+        ("S6-backup-restore", "database_connectivity", None),
+        ("S7-config-parity", "general", None),
+        ("S8-capacity-smoke", "performance", None),
+        ("S9-graph-intent", "database_connectivity", None),
+        ("S10-content-pipeline", "general", None),
+        ("S11-firewall-status", "firewall", "ufw_harden"),
+    ],
+)
+def test_every_sentinel_check_is_routed(check: str, workflow: str, fix: str | None) -> None:
+    r = route(alert(check, source="sentinel", host="lab1", service="nginx"))
+    assert (r.workflow, r.fix) == (workflow, fix)
+    # A longer id of the same check (S10-content-pipeline-ingest) goes the same way.
+    longer = route(alert(f"{check}-x", source="sentinel", host="lab1", service="nginx"))
+    assert (longer.workflow, longer.fix) == (workflow, fix)
+
+
+@pytest.mark.parametrize(
+    ("name", "workflow", "fix"),
+    [
+        ("NodeSystemdServiceFailed", "service_health", "service_restart"),
+        ("HostOutOfDiskSpace", "performance", "cache_clear"),
+        ("HostOomKillDetected", "performance", None),
+        ("NodeClockNotSynchronising", "general", None),
+        ("SshBruteForce", "security", None),
+        ("RedisTooManyConnections", "database_connectivity", None),
+    ],
+)
+def test_exporter_alerts_are_routed(name: str, workflow: str, fix: str | None) -> None:
+    r = route(alert(name, instance="lab1:9100", name="redis-server.service"))
+    assert (r.workflow, r.fix) == (workflow, fix)
 
 
 # --- the sample payloads end to end ------------------------------------------------------------
@@ -506,7 +545,7 @@ def test_load_rules_from_a_file(tmp_path: Path) -> None:
             "    params: {notify: true}\n",
             "need a fix",
         ),
-        ("version: 1\nrules:" + GOOD_RULE + "    on_blocked: {disk_full: x}\n", "never reports"),
+        ("version: 1\nrules:" + GOOD_RULE + "    on_blocked: {cosmic_rays: x}\n", "never reports"),
         (
             "version: 1\nrules:" + GOOD_RULE + "    on_blocked: {config_invalid: rm_rf}\n",
             "not another known fix",
