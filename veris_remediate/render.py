@@ -1,8 +1,14 @@
 """Plan → file texts: the ``!unsafe`` extra-vars file and the one-host target inventory.
 
 Playbooks and roles are static, reviewed files and are never rendered. Alert-derived
-values reach Ansible only through the extra-vars text made here, where every string is
-tagged ``!unsafe`` so Ansible treats ``{{ ... }}`` in it as text, never as a template.
+values reach Ansible only through the extra-vars text made here, whose whole document is
+tagged ``!unsafe``: everything constructed beneath that tag is untrusted, so Ansible
+treats ``{{ ... }}`` in any value as text, never as a template.
+
+The tag sits on the root mapping, not on each string: ansible-core 2.19 resolves a scalar
+tagged ``!unsafe`` as if it were unquoted, so ``!unsafe "yes"`` would arrive as ``True``,
+``"0123"`` as 83, ``"null"`` as None and a timestamp as a datetime. Beneath a tagged
+mapping, each string is an ordinary double-quoted scalar and stays a string.
 """
 
 from __future__ import annotations
@@ -17,25 +23,34 @@ TARGET_GROUP = "veris_targets"
 _KEY = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 
-class _UnsafeText(str):
-    """A string that must be emitted with Ansible's ``!unsafe`` tag."""
+class _Text(str):
+    """A string emitted double-quoted, so no YAML resolver reads it as another type."""
+
+
+class _UnsafeRoot(dict[str, Any]):
+    """The document's root mapping, emitted with Ansible's ``!unsafe`` tag."""
 
 
 class _Dumper(yaml.SafeDumper):
     pass
 
 
-def _represent_unsafe(dumper: yaml.SafeDumper, data: _UnsafeText) -> yaml.ScalarNode:
+def _represent_text(dumper: yaml.SafeDumper, data: _Text) -> yaml.ScalarNode:
     # Double-quoted style: newlines and any character survive as escapes, never as YAML.
-    return dumper.represent_scalar("!unsafe", str(data), style='"')
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(data), style='"')
 
 
-_Dumper.add_representer(_UnsafeText, _represent_unsafe)
+def _represent_root(dumper: yaml.SafeDumper, data: _UnsafeRoot) -> yaml.MappingNode:
+    return dumper.represent_mapping("!unsafe", dict(data))
+
+
+_Dumper.add_representer(_Text, _represent_text)
+_Dumper.add_representer(_UnsafeRoot, _represent_root)
 
 
 def _tag(value: Any, path: str) -> Any:
     if isinstance(value, str):
-        return _UnsafeText(value)
+        return _Text(value)
     if isinstance(value, bool | int | float) or value is None:
         return value
     if isinstance(value, Mapping):
@@ -52,10 +67,13 @@ def _tag(value: Any, path: str) -> Any:
 
 
 def render_extravars(extravars: Mapping[str, Any]) -> str:
-    """YAML text for ``env/extravars`` with every string tagged ``!unsafe``."""
-    header = "# Written by veris-remediate. Every string is !unsafe: data, never a template.\n"
+    """YAML text for ``env/extravars``: an ``!unsafe`` root, every string double-quoted."""
+    header = (
+        "# Written by veris-remediate. The whole document is !unsafe: every value is data,\n"
+        "# never a template. Strings are quoted so they stay strings.\n"
+    )
     body = yaml.dump(
-        _tag(dict(extravars), ""),
+        _UnsafeRoot(_tag(dict(extravars), "")),
         Dumper=_Dumper,
         default_flow_style=False,
         sort_keys=True,

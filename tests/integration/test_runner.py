@@ -101,6 +101,24 @@ def test_template_and_shell_text_in_vars_is_inert(tmp_path: Path) -> None:
         assert not marker.exists(), f"{text!r} was executed"
 
 
+def test_strings_that_look_like_other_types_arrive_as_strings(tmp_path: Path) -> None:
+    # ansible-core re-resolves a scalar tagged !unsafe as if unquoted ("yes" -> True,
+    # "0123" -> 83): the render tags the root instead. The Echo model takes only str.
+    executor = AnsibleRunnerExecutor()
+    for text in ("yes", "no", "0123", "null", "~", "2026-12-01 10:00:00", "1e3", "true"):
+        extravars = {
+            "veris_alert_summary": text,
+            "veris_service": {"unit": text},
+            "veris_units_in_order": [text],
+        }
+        result = executor.run(_local_request(tmp_path, PLAYBOOK, extravars))
+        hs = result.summary.host("localhost")
+        assert hs.report_errors == (), (text, hs.report_errors)
+        report = hs.reports["test.echo"]
+        assert isinstance(report, Echo)
+        assert (report.summary, report.unit, report.first_unit) == (text, text, text)
+
+
 SLOW_PLAYBOOK = """
 - name: Take too long
   hosts: veris_targets

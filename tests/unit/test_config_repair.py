@@ -269,10 +269,13 @@ def test_restart_rules_hand_an_invalid_config_to_config_repair() -> None:
 
 
 class _UnsafeLoader(yaml.SafeLoader):
-    """Reads env/extravars; ``!unsafe`` strings come back as plain strings."""
+    """Reads env/extravars; its ``!unsafe`` root comes back as a plain mapping."""
 
 
-_UnsafeLoader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(node))  # type: ignore[arg-type]
+_UnsafeLoader.add_constructor(
+    "!unsafe",
+    lambda loader, node: loader.construct_mapping(node, deep=True),  # type: ignore[arg-type]
+)
 
 
 def _extravars(request: RunRequest) -> dict[str, Any]:

@@ -64,7 +64,9 @@ def test_requests_carry_no_alert_data_and_vars_are_unsafe(tmp_path: Path) -> Non
     # The apply run is told the check run's diagnosis instead of repeating it.
     assert "veris_assessment:" in extravars
     assert "  healthy: false" in extravars
-    assert '!unsafe "HTTP probe of http://lab1/ failing for 10s"' in extravars
+    # The root carries !unsafe: every value beneath it is data.
+    assert "\n!unsafe\n" in extravars
+    assert 'veris_alert_summary: "HTTP probe of http://lab1/ failing for 10s"' in extravars
     # The request itself holds only our paths and settings.
     dumped = apply.model_dump_json()
     assert "HTTP probe" not in dumped

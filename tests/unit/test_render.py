@@ -7,14 +7,16 @@ from veris_remediate.render import TARGET_GROUP, render_extravars, render_target
 
 
 class _TagLoader(yaml.SafeLoader):
-    """Loads ``!unsafe`` scalars as a marker type so tests can see the tag survived."""
+    """Loads an ``!unsafe`` mapping as a marker type so tests can see the tag survived."""
 
 
-class Unsafe(str):
+class Unsafe(dict):  # type: ignore[type-arg]
     pass
 
 
-_TagLoader.add_constructor("!unsafe", lambda loader, node: Unsafe(loader.construct_scalar(node)))
+_TagLoader.add_constructor(
+    "!unsafe", lambda loader, node: Unsafe(loader.construct_mapping(node, deep=True))
+)
 
 
 def _load(text: str) -> object:
@@ -29,7 +31,7 @@ def _strings(value: object) -> list[object]:
     return [value] if isinstance(value, str) else []
 
 
-def test_every_string_is_tagged_unsafe_at_any_depth() -> None:
+def test_the_whole_document_is_unsafe_and_every_string_quoted() -> None:
     data = {
         "veris_alert_summary": "{{ lookup('pipe', 'id') }}",
         "veris_service": {"name": "nginx", "config_files": ["/etc/nginx/nginx.conf"], "port": 80},
@@ -38,11 +40,25 @@ def test_every_string_is_tagged_unsafe_at_any_depth() -> None:
         "flag": True,
         "nothing": None,
     }
-    loaded = _load(render_extravars(data))
-    strings = _strings(loaded)
-    assert len(strings) == 5
-    assert all(isinstance(s, Unsafe) for s in strings)
+    text = render_extravars(data)
+    loaded = _load(text)
+    # The root carries the tag: Ansible marks everything constructed beneath it untrusted.
+    assert isinstance(loaded, Unsafe)
+    assert len(_strings(loaded)) == 5
     assert loaded == data  # values round-trip exactly, numbers stay numbers
+    assert [line for line in text.splitlines() if "!unsafe" in line and line[0] != "#"] == [
+        "!unsafe"
+    ]
+
+
+@pytest.mark.parametrize("text", ["yes", "no", "on", "0123", "0x1f", "null", "~", "1e3",
+                                  "2026-12-01", "2026-12-01 10:00:00", "true", ".inf"])  # fmt: skip
+def test_strings_that_look_like_other_types_stay_strings(text: str) -> None:
+    # Ansible re-resolves a scalar tagged !unsafe as if unquoted ("yes" -> True): the tag
+    # is on the root, and each string is quoted, so a resolver never re-types it.
+    rendered = render_extravars({"label": text})
+    assert f'label: "{text}"' in rendered
+    assert _load(rendered) == {"label": text}
 
 
 @pytest.mark.parametrize(
