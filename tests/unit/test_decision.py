@@ -42,6 +42,35 @@ def test_failed_check_escalates_with_the_reason() -> None:
     assert d.blocker.code in FIX.blockers
 
 
+@pytest.mark.parametrize(
+    ("scenario", "code"),
+    [("port_held", "port_held"), ("start_limit", "start_limit_hit"), ("disk_full", "disk_full")],
+)
+def test_a_cause_that_rules_out_a_restart_escalates_with_it(scenario: str, code: str) -> None:
+    s = summary(scenario, "check")
+    d = _decide(s, threshold=0.0)
+    assert d.action == "escalate"
+    assert d.outcome == "escalated"
+    assert d.confidence == 0.0
+    assert d.blocker is not None
+    assert d.blocker.code == code
+    # A rule may hand off on it: the spec lists it among the blockers.
+    assert code in FIX.blockers
+    assert any(r.startswith("likely cause: ") and "cannot help" in r for r in d.reasons)
+    # The check run predicted the restart, but the cause refuses it anyway.
+    assert s.host("lab1").changed_tasks
+
+
+def test_a_dependency_down_implies_the_restart_itself() -> None:
+    d = _decide(summary("dependency_order", "check"))
+    assert d.action == "apply"
+    assert d.confidence == 1.0
+    assert any(
+        "Start the dependency redis-server.service" in r and "expected change" in r
+        for r in d.reasons
+    )
+
+
 def test_unreachable_host_fails_without_apply() -> None:
     d = _decide(summary("unreachable", "check"))
     assert d.action == "skip"

@@ -10,7 +10,43 @@ from veris_remediate.role_reports.service import ServiceHealth, UnitsSnapshot
 
 
 def test_recorded_scenarios_are_all_there() -> None:
-    assert set(SCENARIOS) >= {"bad_config", "not_needed", "resolved", "rolled_back", "unreachable"}
+    assert set(SCENARIOS) >= {
+        "bad_config", "not_needed", "resolved", "rolled_back", "unreachable",
+        "port_held", "start_limit", "dependency_order", "dependency_failed", "disk_full",
+    }  # fmt: skip
+
+
+def test_diagnosis_is_one_probe_task() -> None:
+    """Every probe of the diagnosis is one task: one SSH round trip, not one per probe."""
+    hs = summary("resolved", "check").host("lab1")
+    ran = [t for t in hs.tasks if t.status != "skipped"]
+    probes = [t for t in ran if t.action.endswith("service_health_probe")]
+    assert [t.task for t in probes] == ["Probe the service"]
+    # The rest of the check run reads the units once and predicts the start.
+    remote = [
+        t for t in ran if not t.action.endswith(("debug", "set_fact", "validate_argument_spec"))
+    ]
+    assert [t.task for t in remote] == [
+        "Probe the service",
+        "Read the state of each unit",
+        "Start the service, or restart it when it runs but is unhealthy",
+    ]
+
+
+def test_check_run_of_a_required_dependency_predicts_it_first() -> None:
+    hs = summary("dependency_order", "check").host("lab1")
+    assert [t.task for t in hs.changed_tasks] == [
+        "Start the dependency redis-server.service",
+        "Start the service, or restart it when it runs but is unhealthy",
+    ]
+    snapshot = hs.reports["units.snapshot"]
+    assert isinstance(snapshot, UnitsSnapshot)
+    assert [(u.unit, u.active_state) for u in snapshot.required] == [
+        ("redis-server.service", "inactive")
+    ]
+    health = hs.reports["health"]
+    assert isinstance(health, ServiceHealth)
+    assert "redis-server.service" in health.requires
 
 
 def test_check_run_of_a_stopped_service_predicts_one_start() -> None:

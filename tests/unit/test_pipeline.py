@@ -36,6 +36,12 @@ def _remediator(tmp_path: Path, scenario: str) -> tuple[Remediator, RecordedExec
         ("bad_config", "escalated", 4, ["check"]),
         ("rolled_back", "rolled_back", 5, ["check", "apply", "rollback"]),
         ("unreachable", "failed", 6, ["check"]),
+        # Likely causes decide: a restart is never run when a cause rules it out.
+        ("port_held", "escalated", 4, ["check"]),
+        ("start_limit", "escalated", 4, ["check"]),
+        ("disk_full", "escalated", 4, ["check"]),
+        ("dependency_order", "resolved", 0, ["check", "apply"]),
+        ("dependency_failed", "rolled_back", 5, ["check", "apply", "rollback"]),
     ],
 )
 def test_recorded_scenarios_reach_the_recorded_outcome(
@@ -184,3 +190,38 @@ def test_brake_during_apply_blocks_without_rollback(tmp_path: Path) -> None:
     assert report.exit_code == 7
     assert [r.phase for r in executor.requests] == ["check", "apply"]
     assert "nginx.service was inactive" in report.reasons[-1]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "cause", "implied_fix"),
+    [
+        ("port_held", "port_held", None),
+        ("start_limit", "start_limit_hit", None),
+        ("disk_full", "disk_full", "cache_clear"),
+        ("bad_config", "config_invalid", "config_repair"),
+        ("dependency_order", "dependency_down", "service_restart"),
+        ("resolved", "stopped", "service_restart"),
+    ],
+)
+def test_the_report_carries_the_likely_cause(
+    tmp_path: Path, scenario: str, cause: str, implied_fix: str | None
+) -> None:
+    remediator, _ = _remediator(tmp_path, scenario)
+    report = remediator.handle(ALERT)
+    assert [c.code for c in report.causes][:1] == [cause]
+    assert report.causes[0].implied_fix == implied_fix
+    assert report.causes[0].evidence
+    recorded = recorded_report(scenario)["causes"]
+    assert [c["code"] for c in recorded] == [c.code for c in report.causes]
+
+
+def test_a_ruling_cause_escalates_with_it_as_the_reason(tmp_path: Path) -> None:
+    remediator, _ = _remediator(tmp_path, "port_held")
+    report = remediator.handle(ALERT)
+    (result,) = report.remediations
+    assert result.decision == "escalate"
+    assert any(
+        r.startswith("likely cause: port 80 is held by another process, python3 (pid ")
+        and r.endswith("so service_restart cannot help")
+        for r in result.reasons
+    ), result.reasons

@@ -89,15 +89,21 @@ def test_rollback_restores_only_units_the_plan_owns(tmp_path: Path) -> None:
             UnitState(unit="nginx.service", active_state="inactive", unit_file_state="enabled"),
             UnitState(unit="ssh.service", active_state="inactive", unit_file_state="enabled"),
         ),
+        # The target's own Requires=, started if down but never declared: never restored.
+        required=(
+            UnitState(unit="redis-server.service", active_state="inactive", unit_file_state=""),
+        ),
     )
     step = rollback_step(plan, snapshot)
     assert step.phase == "rollback"
     assert step.playbook == "service_restart_rollback.yml"
+    # A unit is handed back with its three fields only (a container adds its own two).
     assert step.extravars["veris_snapshot"] == {
         "kind": "units.snapshot",
         "units": [
             {"unit": "nginx.service", "active_state": "inactive", "unit_file_state": "enabled"}
         ],
+        "required": [],
     }
 
 

@@ -14,24 +14,44 @@ def test_resolved_apply_is_healthy() -> None:
     assert v.reasons[0].startswith("after the fix: nginx.service is active")
 
 
-def test_failed_start_is_not_ok_and_says_why() -> None:
+def test_unhealthy_after_the_fix_is_not_ok_and_says_why() -> None:
     v = assess_apply(summary("rolled_back", "apply"), "lab1", FIX)
     assert not v.ok
-    assert any("apply failed at" in r for r in v.reasons)
+    assert v.reasons == (
+        "after the fix: nginx.service is active (running), port 80 open, HTTP probe failing (403)",
+    )
+
+
+def test_a_dependency_that_did_not_start_stops_the_chain_and_says_why() -> None:
+    v = assess_apply(summary("dependency_failed", "apply"), "lab1", FIX)
+    assert not v.ok
+    assert any(
+        "redis-server.service did not start, so nothing that needs it was touched "
+        "(nginx.service was neither started nor restarted)" in r
+        for r in v.reasons
+    ), v.reasons
     assert any("no post-fix check ran" in r for r in v.reasons)
+    hs = summary("dependency_failed", "apply").host("lab1")
+    # The chain stopped at redis: the task that starts nginx never ran.
+    assert not any(t.task.startswith("Start the service") for t in hs.tasks)
 
 
 def test_snapshot_prefers_the_apply_run() -> None:
     snap = taken_snapshot(
         "lab1", FIX, summary("rolled_back", "apply"), summary("rolled_back", "check")
     )
-    assert snap == UnitsSnapshot(
-        kind="units.snapshot",
-        units=(
-            UnitState(unit="nginx.service", active_state="inactive", unit_file_state="enabled"),
-        ),
-    )
+    nginx = UnitState(unit="nginx.service", active_state="inactive", unit_file_state="enabled")
+    assert snap == UnitsSnapshot(kind="units.snapshot", units=(nginx,))
     assert taken_snapshot("lab1", FIX, summary("unreachable", "check")) is None
+
+
+def test_snapshot_reports_the_required_units_it_may_start() -> None:
+    snap = taken_snapshot("lab1", FIX, summary("dependency_order", "apply"))
+    assert isinstance(snap, UnitsSnapshot)
+    assert [u.unit for u in snap.units] == ["nginx.service"]
+    assert [(u.unit, u.active_state) for u in snap.required] == [
+        ("redis-server.service", "inactive")
+    ]
 
 
 def test_rollback_restored_the_prior_state() -> None:
