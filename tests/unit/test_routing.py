@@ -170,6 +170,7 @@ def test_every_sentinel_check_is_routed(check: str, workflow: str, fix: str | No
         ("NodeClockNotSynchronising", "general", None),
         ("SshBruteForce", "security", None),
         ("RedisTooManyConnections", "database_connectivity", None),
+        ("PostgresqlTooManyConnections", "database_connectivity", "db_connection_relief"),
     ],
 )
 def test_exporter_alerts_are_routed(name: str, workflow: str, fix: str | None) -> None:
