@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
@@ -34,6 +35,21 @@ class Settings(BaseModel):
     settle_seconds: int = Field(default=1, ge=0, le=60)
     max_hosts: int = Field(default=3, ge=1)
     history_hours: int = Field(default=24, ge=1)
+    # Trust (docs/SAFETY.md says why each default is what it is).
+    approval: Literal["score", "always"] = "score"
+    approval_ttl_hours: int = Field(default=24, ge=1)
+    lease_ttl_seconds: int = Field(default=900, ge=30)
+    brake_latch_failures: int = Field(default=3, ge=1)
+    brake_latch_minutes: int = Field(default=15, ge=1)
+    breaker_cooldown_seconds: int = Field(default=60, ge=0)
+    breaker_backoff_max_seconds: int = Field(default=1800, ge=0)
+    breaker_ineffective_minutes: int = Field(default=10, ge=1)
+    breaker_open_after: int = Field(default=3, ge=1)
+    breaker_half_open_minutes: int = Field(default=30, ge=1)
+    audit_key_file: Path | None = None
+    audit_journal: bool = False
+    ssh_ca_key: Path | None = None
+    ssh_cert_minutes: int = Field(default=15, ge=1, le=15)
 
 
 # Every environment variable the library reads, and the Settings field it sets.
@@ -49,6 +65,20 @@ ENV_MAP: Mapping[str, str] = {
     "VERIS_SETTLE_SECONDS": "settle_seconds",
     "VERIS_MAX_HOSTS": "max_hosts",
     "VERIS_HISTORY_HOURS": "history_hours",
+    "VERIS_APPROVAL": "approval",
+    "VERIS_APPROVAL_TTL_HOURS": "approval_ttl_hours",
+    "VERIS_LEASE_TTL_SECONDS": "lease_ttl_seconds",
+    "VERIS_BRAKE_LATCH_FAILURES": "brake_latch_failures",
+    "VERIS_BRAKE_LATCH_MINUTES": "brake_latch_minutes",
+    "VERIS_BREAKER_COOLDOWN_SECONDS": "breaker_cooldown_seconds",
+    "VERIS_BREAKER_BACKOFF_MAX_SECONDS": "breaker_backoff_max_seconds",
+    "VERIS_BREAKER_INEFFECTIVE_MINUTES": "breaker_ineffective_minutes",
+    "VERIS_BREAKER_OPEN_AFTER": "breaker_open_after",
+    "VERIS_BREAKER_HALF_OPEN_MINUTES": "breaker_half_open_minutes",
+    "VERIS_AUDIT_KEY_FILE": "audit_key_file",
+    "VERIS_AUDIT_JOURNAL": "audit_journal",
+    "VERIS_SSH_CA_KEY": "ssh_ca_key",
+    "VERIS_SSH_CERT_MINUTES": "ssh_cert_minutes",
 }
 
 
