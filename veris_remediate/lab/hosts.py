@@ -69,6 +69,10 @@ _TOOLS = {
 }
 _PREFIX_RE = re.compile(r"[a-z]{1,6}")
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+# Where a host's sshd finds the lab CA: bind-mounted at boot, so the cached root file
+# system stays as it is (its sshd_config includes sshd_config.d/*.conf first).
+_CA_PUB_IN_HOST = "/etc/ssh/veris_lab_user_ca.pub"
+_CA_CONF_IN_HOST = "/etc/ssh/sshd_config.d/veris-lab-ca.conf"
 # nspawn reads SYSTEMD_NSPAWN_* from its environment (one makes /proc/sys writable, which
 # would let a host change the controller's kernel settings): give it a clean one.
 _NSPAWN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -174,6 +178,13 @@ class Lab:
         key = self._dir / "id_ed25519"
         return ["ssh", "-F", "/dev/null", "-i", str(key), *SSH_OPTIONS,
                 f"root@{self._address(name, 2)}"]  # fmt: skip
+
+    def ssh_ca_key(self) -> Path:
+        """The private key of the lab's SSH CA (made on first use). Hosts booted since
+        trust the user certificates it signs, for the user they name (VERIS_SSH_CA_KEY)."""
+        with as_lab_error("making the lab's SSH CA"), self._locked():
+            self._ensure_ca()
+        return self._dir / "ssh_ca"
 
     # -- public operations ------------------------------------------------------------------
     def up(self, hosts: int = 1, *, timeout: float = 120.0) -> Path:
@@ -298,6 +309,7 @@ class Lab:
         )
         log_path = self._dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(exist_ok=True)
+        ca_pub, ca_conf = self._ensure_ca()
         cgroups = make_cgroups(name)
         nspawn = [
             shutil.which("systemd-nspawn") or "systemd-nspawn", "-D", str(rootfs),
@@ -305,6 +317,7 @@ class Lab:
             "--register=no", "--keep-unit", "--capability=CAP_NET_ADMIN,CAP_NET_RAW",
             "-M", name, f"--bind-ro={pub}:/root/.ssh/authorized_keys",
             f"--bind-ro={hosts_file}:/etc/hosts",
+            f"--bind-ro={ca_pub}:{_CA_PUB_IN_HOST}", f"--bind-ro={ca_conf}:{_CA_CONF_IN_HOST}",
             *(f"--bind-ro=/dev/null:/etc/systemd/system/{unit}"
               for feature, units in FEATURE_UNITS.items() if feature not in features
               for unit in units),
@@ -413,6 +426,22 @@ class Lab:
         if not pub.exists():
             pub.write_text(run_tool(["ssh-keygen", "-y", "-f", str(key)]))
         return pub
+
+    def _ensure_ca(self) -> tuple[Path, Path]:
+        """The lab CA's public key and the sshd drop-in that trusts it (made if missing)."""
+        key = self._dir / "ssh_ca"
+        if not key.exists():
+            run_tool(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "veris-lab-ca",
+                      "-f", str(key)])  # fmt: skip
+        key.chmod(0o600)
+        pub = key.with_suffix(".pub")
+        if not pub.exists():
+            pub.write_text(run_tool(["ssh-keygen", "-y", "-f", str(key)]))
+        conf = self._dir / "sshd_ca.conf"
+        if not conf.exists():
+            # No AuthorizedPrincipalsFile: a certificate must name the user it logs in as.
+            atomic_write(conf, f"TrustedUserCAKeys {_CA_PUB_IN_HOST}\n")
+        return pub, conf
 
     def _load_state(self) -> _State:
         """This lab's state (empty when there is none); refuses one made with other names."""
