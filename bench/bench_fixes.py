@@ -190,8 +190,11 @@ def main() -> int:
                     fam.fault()
                     if side == "ours":
                         # Each round is a fresh incident: a resolved one must not count
-                        # against the next decision (history is per state dir).
-                        (state / "history.jsonl").unlink(missing_ok=True)
+                        # against the next decision, nor trip the restart-storm breaker
+                        # (history and breaker live in the state dir's store).
+                        (state / "state.db").unlink(missing_ok=True)
+                        for suffix in ("-wal", "-shm"):
+                            (state / f"state.db{suffix}").unlink(missing_ok=True)
                         t, proc = timed(ours)
                         report = json.loads(proc.stdout)
                         assert report["outcome"] == "resolved", report["reasons"]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from .exceptions import PayloadError, ValidationError
+from .redaction import is_secret_name, redact, redact_text
 
 Source = Literal["alertmanager", "grafana", "sentinel", "generic"]
 Status = Literal["firing", "resolved"]
@@ -313,6 +314,10 @@ def _alert(
     if len(labels) > MAX_LABELS:
         raise ValidationError(f"alert {name} has more than {MAX_LABELS} labels")
     given = isinstance(fingerprint, str) and FINGERPRINT.fullmatch(fingerprint)
+    # Secrets are masked on the way in, so the stored (masked) payload replays to the
+    # very same alerts, fingerprints included.
+    labels = {k: str(v) for k, v in redact(labels).items()}
+    annotations = {k: str(v) for k, v in redact(annotations).items()}
     return Alert(
         source=source,
         status=status,
@@ -323,6 +328,13 @@ def _alert(
         severity=severity,
         starts_at=starts_at,
     )
+
+
+def _value_shown(where: str, value: str) -> str:
+    """A refused value as an error may quote it: never one named like a secret."""
+    if is_secret_name(where.rsplit(".", 1)[-1]):
+        return "value not shown"
+    return f"value {redact_text(shown(value))}"
 
 
 def _digest(labels: Mapping[str, str]) -> str:
@@ -357,7 +369,8 @@ def _label_value(where: str, value: object, *, lax: bool = False) -> str:
     if not LABEL_VALUE.fullmatch(value):
         bad = next(c for c in value if not LABEL_VALUE.fullmatch(c))
         raise ValidationError(
-            f"{where} contains the forbidden character {bad!r} (value {shown(value)}); label "
+            f"{where} contains the forbidden character {bad!r} "
+            f"({_value_shown(where, value)}); label "
             "values may only use letters, digits, space and _.,:/@%+=~-[]()*!?'\""
         )
     return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ def _settings(ctx: click.Context) -> Settings:
 def _fail(exc: VerisError, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"error": exc.message, "exit_code": exc.exit_code}))
-    _err.print(f"[bold red]error:[/] {exc.message}", markup=True)
+    _err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
     sys.exit(exc.exit_code)
 
 
@@ -51,7 +52,15 @@ def _remediator(ctx: click.Context, inventory: tuple[str, ...], rules: str | Non
     settings = _settings(ctx)
     if rules:
         settings = settings.model_copy(update={"rules_file": Path(rules)})
-    return Remediator([Path(p) for p in inventory], settings)
+    remediator = Remediator([Path(p) for p in inventory], settings)
+
+    def terminate(signum: int, frame: object) -> None:
+        # Not an exception: the fix run in flight is cancelled, rolled back and reported.
+        remediator.terminating = True
+        _err.print("SIGTERM: cancelling the fix in flight, then rolling back", markup=False)
+
+    signal.signal(signal.SIGTERM, terminate)
+    return remediator
 
 
 def _print_report(report: RunReport) -> None:
@@ -313,55 +322,309 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option(
+    "--log",
+    "log_file",
+    type=click.Path(dir_okay=False),
+    help="Another log (e.g. one rotated away); default <state-dir>/audit.jsonl.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_context
-def audit_verify(ctx: click.Context) -> None:
-    """Check the audit log's hash chain; exit 6 at the first edited or missing record."""
-    check = AuditLog(_settings(ctx).state_dir / "audit.jsonl").verify()
-    click.echo(json.dumps(check.model_dump()))
-    sys.exit(0 if check.ok else 6)
+def audit_verify(ctx: click.Context, log_file: str | None, as_json: bool) -> None:
+    """Check the audit log's chain, key and head anchor; exit 6 at the first bad record."""
+    try:
+        log = AuditLog.from_settings(_settings(ctx), Path(log_file) if log_file else None)
+    except VerisError as exc:
+        _fail(exc, as_json)
+        return
+    check = log.verify()
+    if as_json:
+        click.echo(json.dumps(check.model_dump(mode="json")))
+    elif check.ok:
+        keyed = "keyed (hmac-sha256)" if check.keyed else "not keyed"
+        anchored = "anchored" if check.anchored else "not anchored"
+        click.echo(f"ok: {check.records} records, {keyed}, {anchored}")
+    else:
+        where = " ".join(
+            part
+            for part in (
+                f"line {check.line}" if check.line else "",
+                f"(seq {check.seq})" if check.seq is not None else "",
+            )
+            if part
+        )
+        click.echo(
+            f"FAILED: {where + ': ' if where else ''}{check.problem} "
+            f"({check.records} records check out before it)"
+        )
+    if not as_json:
+        for warning in check.warnings:
+            _err.print(f"warning: {warning}", markup=False, soft_wrap=True)
+    from .exceptions import AuditError  # the exit code of a failed check
+
+    sys.exit(0 if check.ok else AuditError.exit_code)
 
 
 @audit.command("tail")
-@click.option("-n", "count", default=20, show_default=True)
+@click.option("-n", "count", default=20, show_default=True, type=click.IntRange(min=0))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_context
-def audit_tail(ctx: click.Context, count: int) -> None:
-    """Print the last N audit records."""
-    for record in AuditLog(_settings(ctx).state_dir / "audit.jsonl").tail(count):
-        click.echo(json.dumps(record, sort_keys=True))
+def audit_tail(ctx: click.Context, count: int, as_json: bool) -> None:
+    """Print the last N audit records (damaged lines are skipped and counted)."""
+    try:
+        read = AuditLog.from_settings(_settings(ctx)).read()
+    except VerisError as exc:
+        _fail(exc, as_json)
+        return
+    records = read.records[-count:] if count else ()
+    if as_json:
+        out = {"records": list(records), "skipped_lines": list(read.skipped_lines)}
+        click.echo(json.dumps(out, sort_keys=True))
+        return
+
+    def show(value: Any) -> str:  # the log is data, not terminal control sequences
+        text = "-" if value is None else str(value)
+        return text if text.isprintable() else json.dumps(text)
+
+    for r in records:
+        data = json.dumps(r["data"], sort_keys=True, separators=(",", ":"), default=str)
+        click.echo(
+            f"{r['seq']:>6}  {show(r['ts'])}  {show(r['kind'])}  {show(r['run_id'])}  {data}"
+        )
+    if read.skipped:
+        lines = ", ".join(str(n) for n in read.skipped_lines[:10])
+        more = ", ..." if read.skipped > 10 else ""
+        _err.print(
+            f"warning: skipped {read.skipped} damaged line(s): {lines}{more}; "
+            "run `veris-remediate audit verify`",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _store(ctx: click.Context) -> Any:
+    from .store import StateStore
+
+    return StateStore(_settings(ctx).state_dir)
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, default=str))
 
 
 @main.group()
 def brake() -> None:
-    """Emergency brake: while engaged, no fix is applied and running fixes are cancelled."""
+    """Emergency brake: while engaged, no fix is applied and running fixes are cancelled.
+
+    Read-only work (diagnose, handle --check-only, the check run of handle) still runs.
+    """
 
 
 @brake.command("engage")
-@click.option("--reason", required=True)
+@click.option("--reason", required=True, help="Why: shown by `brake status` and in reports.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_context
-def brake_engage(ctx: click.Context, reason: str) -> None:
-    """Engage the brake: no fix is applied until it is released."""
+def brake_engage(ctx: click.Context, reason: str, as_json: bool) -> None:
+    """Engage the brake: fix runs in flight are cancelled, no fix is applied until release."""
+    from .store import operator
+
     settings = _settings(ctx)
-    Workspace(settings.state_dir).engage_brake(reason)
-    AuditLog(settings.state_dir / "audit.jsonl").append("brake.engaged", {"reason": reason})
-    click.echo("brake engaged")
+    try:
+        fresh = _store(ctx).engage_brake(reason, by=operator(), source="operator")
+        if fresh:  # engaged first: a broken audit log must not keep the brake off
+            AuditLog.from_settings(settings).append(
+                "brake.engaged", {"reason": reason, "by": operator()}
+            )
+    except VerisError as exc:
+        _fail(exc, as_json)
+    state = _store(ctx).brake()
+    if as_json:
+        _echo_json({"engaged": True, "already": not fresh, **state.model_dump(mode="json")})
+    elif fresh:
+        click.echo(f"brake engaged by {state.by}: {state.reason}")
+    else:
+        click.echo(f"brake was already engaged: {state.describe()}")
 
 
 @brake.command("release")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_context
-def brake_release(ctx: click.Context) -> None:
+def brake_release(ctx: click.Context, as_json: bool) -> None:
     """Release the brake: fixes may be applied again."""
-    settings = _settings(ctx)
-    Workspace(settings.state_dir).release_brake()
-    AuditLog(settings.state_dir / "audit.jsonl").append("brake.released", {})
-    click.echo("brake released")
+    from .store import operator
+
+    try:
+        # Audited before the release: an unwritable audit log keeps the brake on.
+        was = _store(ctx).brake()
+        if was is not None:
+            AuditLog.from_settings(_settings(ctx)).append(
+                "brake.released", {"by": operator(), "was": was.model_dump(mode="json")}
+            )
+            _store(ctx).release_brake()
+    except VerisError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        _echo_json({"released": was is not None})
+    else:
+        click.echo(f"brake released (it was {was.describe()})" if was else "brake was not engaged")
 
 
 @brake.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_context
-def brake_status(ctx: click.Context) -> None:
-    """Say whether the brake is engaged, since when and why."""
-    state = Workspace(_settings(ctx).state_dir).brake()
-    click.echo(json.dumps({"engaged": state is not None, **(state or {})}))
+def brake_status(ctx: click.Context, as_json: bool) -> None:
+    """Whether the brake is engaged: by whom or by what (the latch), when and why."""
+    state = _store(ctx).brake()
+    if as_json:
+        _echo_json(
+            {"engaged": state is not None, **(state.model_dump(mode="json") if state else {})}
+        )
+    else:
+        click.echo(f"brake {state.describe()}" if state else "brake not engaged")
+
+
+def _print_approval(a: Any) -> None:
+    _out.print(
+        f"[bold]{a.id}[/]  {a.state}  {a.fix} on {a.host} ({a.alert or '-'}), "
+        f"asked {a.created:%Y-%m-%d %H:%M} UTC, expires {a.expires:%Y-%m-%d %H:%M} UTC",
+        markup=True,
+    )
+    for reason in a.reasons:
+        _out.print(f"  • {reason}", markup=False)
+    for change in a.preview:
+        _out.print(f"  ~ {change.get('task')} ({change.get('action')})", markup=False)
+        for line in str(change.get("diff", "")).splitlines()[:20]:
+            _out.print(f"      {line}", markup=False)
+
+
+@main.command("approvals")
+@click.option("--all", "show_all", is_flag=True, help="Also decided, expired and closed ones.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def approvals_cmd(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """Fixes waiting for a person, with the preview each would apply."""
+    found = _store(ctx).approvals(None if show_all else "pending")
+    if as_json:
+        _echo_json({"approvals": [a.model_dump(mode="json") for a in found]})
+        return
+    if not found:
+        click.echo("no approvals pending" if not show_all else "no approvals")
+    for a in found:
+        _print_approval(a)
+
+
+@main.command()
+@click.argument("approval_id")
+@_inventory_option
+@click.option("--rules", type=click.Path(exists=True, dir_okay=False), help="Routing rules file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def approve(
+    ctx: click.Context, approval_id: str, inventory: tuple[str, ...], rules: str | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Approve a pending fix: a fresh check run; applied only if its preview is unchanged."""
+    _run_and_exit(lambda: _remediator(ctx, inventory, rules).approve(approval_id), as_json)
+
+
+@main.command()
+@click.argument("approval_id")
+@click.option("--reason", default="", help="Why not: kept in the audit log.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def reject(ctx: click.Context, approval_id: str, reason: str, as_json: bool) -> None:
+    """Reject a pending fix: it is closed and nothing runs."""
+    from .pipeline import Remediator
+
+    try:
+        closed = Remediator([], _settings(ctx)).reject(approval_id, reason)
+    except VerisError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        _echo_json(closed.model_dump(mode="json"))
+    else:
+        click.echo(f"{closed.id} rejected: {closed.fix} on {closed.host} will not run")
+
+
+@main.command()
+@click.argument("run_id")
+@_inventory_option
+@click.option("--rules", type=click.Path(exists=True, dir_okay=False), help="Routing rules file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def rollback(
+    ctx: click.Context, run_id: str, inventory: tuple[str, ...], rules: str | None, as_json: bool
+) -> None:
+    """Restore the snapshot a run took before its fix, and verify it (works under the brake)."""
+    _run_and_exit(lambda: _remediator(ctx, inventory, rules).rollback(run_id), as_json)
+
+
+@runs.command("recover")
+@_inventory_option
+@click.option("--rules", type=click.Path(exists=True, dir_okay=False), help="Routing rules file.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def runs_recover(
+    ctx: click.Context, inventory: tuple[str, ...], rules: str | None, as_json: bool
+) -> None:
+    """Finish fixes a killed process left half-done: re-verify, then complete or roll back."""
+    try:
+        reports = _remediator(ctx, inventory, rules).recover()
+    except VerisError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        _echo_json({"recovered": [r.model_dump(mode="json") for r in reports]})
+    elif not reports:
+        click.echo("nothing to recover")
+    for report in reports if not as_json else ():
+        _print_report(report)
+    sys.exit(max((r.exit_code for r in reports), default=0))
+
+
+@main.group()
+def breaker() -> None:
+    """The restart-storm breaker, per host and fix (see docs/SAFETY.md)."""
+
+
+@breaker.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def breaker_status(ctx: click.Context, as_json: bool) -> None:
+    """Every host and fix the breaker tracks: state, failures, ineffective fixes, last fix."""
+    rows = _store(ctx).breakers()
+    if as_json:
+        _echo_json({"breakers": [r.model_dump(mode="json") for r in rows]})
+        return
+    if not rows:
+        click.echo("no fix has run yet")
+        return
+    table = Table("host", "fix", "state", "failures", "ineffective", "last fix", "reason", box=None)
+    for r in rows:
+        last = f"{r.last_fix_at:%m-%d %H:%M:%S} {r.last_outcome}" if r.last_fix_at else "-"
+        table.add_row(r.host, r.fix, r.state, str(r.failures), str(r.ineffective), last,
+                      r.reason or "")  # fmt: skip
+    _out.print(table)
+
+
+@breaker.command("reset")
+@click.argument("host")
+@click.option("--fix", help="Only this fix (default: every fix on HOST).")
+@click.pass_context
+def breaker_reset(ctx: click.Context, host: str, fix: str | None) -> None:
+    """Close the breaker for HOST after a person fixed the cause."""
+    from .store import operator
+
+    try:
+        count = _store(ctx).reset_breaker(host, fix)
+        AuditLog.from_settings(_settings(ctx)).append(
+            "breaker.reset", {"host": host, "fix": fix, "by": operator(), "rows": count}
+        )
+    except VerisError as exc:
+        _fail(exc, False)
+        return
+    click.echo(f"breaker reset for {host}" + (f" / {fix}" if fix else "") + f" ({count} row(s))")
 
 
 @main.group()
@@ -469,3 +732,12 @@ def lab_ssh(
 def lab_inventory(ctx: click.Context, prefix: str, first_subnet: int) -> None:
     """Print the path of the lab's Ansible inventory."""
     click.echo(str(_lab(ctx, prefix, first_subnet).inventory_path()))
+
+
+@lab.command("ca-key")
+@_prefix
+@_subnet
+@click.pass_context
+def lab_ca_key(ctx: click.Context, prefix: str, first_subnet: int) -> None:
+    """Print the path of the SSH CA private key the lab's sshd trusts (for VERIS_SSH_CA_KEY)."""
+    click.echo(str(_lab(ctx, prefix, first_subnet).ssh_ca_key()))

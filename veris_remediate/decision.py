@@ -40,6 +40,7 @@ Outcome = Literal[
     "previewed",
     "rejected",
     "escalated",
+    "deferred",
     "rolled_back",
     "failed",
     "blocked",
@@ -62,6 +63,10 @@ class Decision(BaseModel):
     outcome: Outcome | None = None
     # Why the fix cannot help, when the assessment says so (a rule may hand off on it).
     blocker: Blocker | None = None
+    # A person may approve it: the fix would help and only the score (or an irreversible
+    # fix's inexact preview) holds it back. Unreachable hosts, failed check runs,
+    # blockers and useless previews are never approvable.
+    approvable: bool = False
 
 
 def decide(
@@ -85,6 +90,8 @@ def decide(
         reasons: list[str],
         outcome: Outcome | None,
         blocker: Blocker | None = None,
+        *,
+        approvable: bool = False,
     ) -> Decision:
         return Decision(
             action=action,
@@ -93,6 +100,7 @@ def decide(
             reasons=tuple(reasons),
             outcome=outcome,
             blocker=blocker,
+            approvable=approvable,
         )
 
     if not check.check:
@@ -139,13 +147,14 @@ def decide(
 
     score, outright = _score(hs, host, fix, assessment, history, reasons)
     if outright:  # the reasons say why
-        return final("escalate", score, reasons, "escalated")
+        approvable = outright == "inexact"
+        return final("escalate", score, reasons, "escalated", approvable=approvable)
     score = max(0.0, min(1.0, score))
     if score >= threshold:
         reasons.append(f"confidence {score:.2f} >= threshold {threshold:.2f}: apply")
         return final("apply", score, reasons, None)
     reasons.append(f"confidence {score:.2f} < threshold {threshold:.2f}: needs approval")
-    return final("escalate", score, reasons, "escalated")
+    return final("escalate", score, reasons, "escalated", approvable=True)
 
 
 def _score(
@@ -155,14 +164,18 @@ def _score(
     assessment: Assessment,
     history: History,
     reasons: list[str],
-) -> tuple[float, bool]:
-    """The preview's score, adding to ``reasons``; True when it must escalate outright."""
+) -> tuple[float, Literal["useless", "inexact"] | None]:
+    """The preview's score, adding to ``reasons``, and why it must escalate outright, if so.
+
+    ``useless``: the preview predicts none of the fix's changes; ``inexact``: an
+    irreversible fix whose preview is not exact (a person may still approve it).
+    """
     expected = [t for t in hs.changed_tasks if t.action in fix.expected_changes]
     unexpected = [t for t in hs.changed_tasks if t.action not in fix.expected_changes]
     unpredictable = hs.unpredictable_tasks
     if not expected:
         reasons.append("the preview predicts no change the fix is meant to make: it would not help")
-        return 0.1, True
+        return 0.1, "useless"
     reasons.append(
         "preview predicts the expected change(s): "
         + ", ".join(dict.fromkeys(t.task for t in expected))
@@ -181,7 +194,7 @@ def _score(
             reasons += [
                 f"irreversible fix, applied only on an exact preview: {r}" for r in refusals
             ]
-            return 0.0, True
+            return 0.0, "inexact"
 
     score = 1.0
     if unexpected:
@@ -203,4 +216,4 @@ def _score(
         reasons.append(f"this fix failed or was rolled back {bad} time(s) on {host} recently")
     elif history.resolved:
         reasons.append(f"this fix resolved {history.resolved} recent alert(s) on {host}")
-    return score, False
+    return score, None

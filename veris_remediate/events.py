@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
@@ -187,8 +187,13 @@ def _is_unpredictable(status: str, res: Mapping[str, Any], check: bool) -> bool:
 class EventFolder:
     """An ansible-runner ``event_handler``: call it with each event; read ``summary()``."""
 
-    def __init__(self, *, check: bool) -> None:
+    def __init__(
+        self, *, check: bool, on_report: Callable[[str, Report], None] | None = None
+    ) -> None:
         self._check = check
+        # Called with each typed report as it arrives, while the run is still going:
+        # a snapshot must outlive the process that asked for it.
+        self._on_report = on_report
         self._tasks: dict[str, list[TaskResult]] = {}
         self._reports: dict[str, dict[str, Report]] = {}
         self._report_errors: dict[str, list[str]] = {}
@@ -222,6 +227,8 @@ class EventFolder:
                 self._report_errors.setdefault(host, []).append(str(exc))
             else:
                 self._reports.setdefault(host, {})[typed.kind] = typed
+                if self._on_report is not None:
+                    self._on_report(host, typed)
         self._tasks.setdefault(host, []).append(
             TaskResult(
                 host=host,

@@ -135,7 +135,15 @@ class ServiceSpec(_ValidateField):
             return None
         parts = urlsplit(value) if URL_CHARS.fullmatch(value) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"health_url {value[:80]!r} must be a plain http:// or https:// URL")
+            shown = repr(value[:80]) if "@" not in value else "(not shown: it has an '@')"
+            raise ValueError(f"health_url {shown} must be a plain http:// or https:// URL")
+        if "@" in parts.netloc:
+            # Never echoed: what precedes "@" is a password. The probe could not use it
+            # either, and it would be copied into every run's extra vars and reports.
+            raise ValueError(
+                "health_url must not carry credentials (user:password@host); "
+                "point it at an endpoint that needs none"
+            )
         return value
 
     @field_validator("config_files")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +20,7 @@ from .decision import Action, Decision, Outcome, decide
 from .events import HostSummary, RunSummary
 from .exceptions import EscalatedError, NoRuleError, RejectedError, UsageError, VerisError
 from .fixes import FixCatalog, FixSpec, load_fixes
+from .guards import Guards, HostBusy, preview_digest
 from .inventory import Inventory, load_inventory
 from .planner import (
     PlaybookStep,
@@ -33,11 +36,21 @@ from .role_reports.baseline import BaselineReport
 from .routing import WORKFLOWS, Route, RuleSet, dedupe_routes, load_rules, route_alert
 from .runner import AnsibleRunnerExecutor, Executor, RunRequest, RunResult, close_control_masters
 from .settings import Settings, settings_from_env
+from .sshca import Certificate, run_certificate
+from .store import Approval, StateStore, operator
 from .targeting import resolve_target
 from .verify import assess_apply, assess_rollback, findings, taken_snapshot
-from .workspace import Workspace
+from .workspace import History, Workspace
 
 Mode = Literal["handle", "check_only", "diagnose"]
+
+
+@dataclass(frozen=True)
+class Access:
+    """How one remediation's runs reach its host (see ``Remediator.access``)."""
+
+    control_dir: Path
+    certificate: Certificate | None
 
 
 def _now() -> str:
@@ -117,11 +130,37 @@ class Remediator:
         self.fixes: FixCatalog = load_fixes()
         self.workspace = Workspace(self.settings.state_dir)
         self.baselines = BaselineStore(self.settings.state_dir)
-        self.audit = AuditLog(self.settings.state_dir / "audit.jsonl")
-        # Engaging the brake cancels fix runs in flight: the runner polls this.
+        self.audit = AuditLog.from_settings(self.settings)
+        self.store = StateStore(self.settings.state_dir)
+        self.guards = Guards(self.store, self.settings, self.audit)
+        # Set by the CLI's SIGTERM handler: the fix run in flight is cancelled and rolled back.
+        self.terminating = False
+        # The runner polls this while a run is in flight.
         self.executor: Executor = executor or AnsibleRunnerExecutor(
-            cancel=lambda: self.workspace.brake() is not None
+            cancel=self.should_cancel, on_report=self.on_report
         )
+
+    def on_report(self, request: RunRequest, host: str, report: Report) -> None:
+        """A snapshot is kept the moment the fix run reports it: if this process dies
+        mid-apply, recovery still knows what to restore."""
+        if not request.check and isinstance(report, Snapshot):
+            saved = {"host": host, "snapshot": report.model_dump(mode="json")}
+            self.workspace.write_file(
+                request.private_data_dir.parent / "live-snapshot.json",
+                json.dumps(saved, sort_keys=True) + "\n",
+            )
+
+    def should_cancel(self, request: RunRequest) -> bool:
+        """Cancel a run in flight? Read-only runs always finish, brake or not.
+
+        The brake cancels fix runs (apply and rollback: no automatic change while it is
+        engaged); SIGTERM cancels an apply, which is then rolled back.
+        """
+        if request.check or request.phase not in ("apply", "rollback"):
+            return False  # read-only runs, and a person's own ``rollback ID`` (restore)
+        if self.terminating and request.phase == "apply":
+            return True
+        return self.store.brake() is not None
 
     # -- inputs -----------------------------------------------------------------
 
@@ -204,6 +243,52 @@ class Remediator:
         """Read-only diagnosis of every firing alert; nothing is changed."""
         return self._process(payload, mode="diagnose")
 
+    def approve(self, approval_id: str) -> RunReport:
+        """A person approves a pending fix: a fresh check, applied only on the same preview."""
+        pending = self._pending(approval_id)
+        self.audit.append("approval.given", {"id": pending.id, "by": operator()}, pending.run_id)
+        return self._process(
+            self.workspace.load_payload(pending.run_id), mode="handle", approval=pending
+        )
+
+    def reject(self, approval_id: str, reason: str = "") -> Approval:
+        """A person says no: the pending fix is closed, nothing runs."""
+        pending = self._pending(approval_id)
+        self.store.decide_approval(pending.id, "rejected", by=operator())
+        self.audit.append(
+            "approval.rejected", {"id": pending.id, "by": operator(), "reason": reason},
+            pending.run_id,
+        )  # fmt: skip
+        closed = self.store.approval(pending.id)
+        assert closed is not None
+        return closed
+
+    def _pending(self, approval_id: str) -> Approval:
+        found = self.store.approval(approval_id)
+        if found is None:
+            raise UsageError(f"no approval {approval_id[:60]!r} (see `approvals`)")
+        if found.state != "pending":
+            raise UsageError(f"approval {found.id} is {found.state}, not pending")
+        return found
+
+    def rollback(self, run_id: str) -> RunReport:
+        """Restore the snapshot a run took before its fix, on demand, verified."""
+        from .recovery import rollback_run
+
+        return rollback_run(self, run_id)
+
+    def recover(self) -> list[RunReport]:
+        """Finish remediations a killed process left between snapshot and outcome."""
+        from .recovery import recover_orphans
+
+        return recover_orphans(self)
+
+    def routes(self, payload: bytes | str, run_id: str) -> list[Route]:
+        """The routes a payload takes now (what ``approve``, ``rollback`` and recovery redo)."""
+        batch = parse_payload(payload.encode() if isinstance(payload, str) else payload)
+        routes, _ = self._route_all(run_id, batch.firing)
+        return routes
+
     def plan(self, payload: bytes | str) -> list[RemediationPlan]:
         """The plans a payload would run, without running anything."""
         run_id = self.workspace.new_run_id()
@@ -228,7 +313,11 @@ class Remediator:
 
     # -- the loop -----------------------------------------------------------------
 
-    def _process(self, payload: bytes | str, *, mode: Mode) -> RunReport:
+    def _process(
+        self, payload: bytes | str, *, mode: Mode, approval: Approval | None = None
+    ) -> RunReport:
+        if mode == "handle" and approval is None:
+            self.recover()  # runs a killed process left half-done come first
         run_id = self.workspace.new_run_id()
         started = _now()
         head = _Phases()
@@ -242,9 +331,9 @@ class Remediator:
                 routes, refused = self._route_all(run_id, batch.firing)
                 results += refused
                 ph["detail"] = f"{len(routes)} remediation(s), {len(batch.resolved)} resolved"
+            self.workspace.save_payload(run_id, payload)
             for alert in batch.resolved:
-                # Nothing waits for approval in this version; record that it cleared.
-                self.audit.append("alert.cleared", {"fingerprint": alert.fingerprint}, run_id)
+                self._cleared(run_id, alert)
             if not batch.firing:
                 results.append(
                     _payload_result("skip", "not_needed", "only resolved alerts: nothing to do")
@@ -257,11 +346,18 @@ class Remediator:
                 )
                 results += [_route_result(r, "escalate", "escalated", reason) for r in routes]
                 routes = []
-            for index, route in enumerate(routes):
-                results.append(self._remediate(run_id, f"{index}-{route.target.host}", route, mode))
+            slots = [(f"{i}-{r.target.host}", r) for i, r in enumerate(routes)]
+            if approval is not None:
+                picked = pick_slot(routes, approval.slot, approval.host, approval.fix)
+                slots = [(approval.slot, picked)] if picked else []
+            for slot, route in slots:
+                results.append(self._remediate(run_id, slot, route, mode, approval=approval))
         except RejectedError as exc:
             self.audit.append("alert.rejected", {"reason": exc.message}, run_id)
             results.append(_payload_result("reject", "rejected", exc.message))
+        if not results and approval is not None:
+            reason = f"the alert of approval {approval.id} no longer routes to {approval.fix}"
+            results.append(_payload_result("escalate", "escalated", reason))
         report = build_report(
             run_id=run_id,
             started_at=started,
@@ -284,23 +380,55 @@ class Remediator:
         )
         return report
 
-    def _remediate(self, run_id: str, slot: str, route: Route, mode: Mode) -> RemediationResult:
-        host = route.target.host
-        brake = self.workspace.brake() if mode == "handle" else None
-        if brake is not None:
-            reason = f"emergency brake engaged: {brake}"
-            self.audit.append(
-                "decision", {"host": host, "action": "brake", "reason": reason}, run_id
-            )
-            return _route_result(route, "brake", "blocked", reason)
+    def _cleared(self, run_id: str, alert: Alert) -> None:
+        """A resolved alert: record it, and close approvals still waiting about it."""
+        self.audit.append("alert.cleared", {"fingerprint": alert.fingerprint}, run_id)
         try:
-            with self.workspace.host_lock(host):
-                return _Remediation(self, run_id, slot, route, mode).run()
+            host = resolve_target(alert, self.inventory).host
+        except VerisError:
+            return  # nothing of ours can wait on a host we do not know
+        self.guards.close_approvals_for(alert, host, run_id)
+
+    def _remediate(
+        self,
+        run_id: str,
+        slot: str,
+        route: Route,
+        mode: Mode,
+        *,
+        approval: Approval | None = None,
+    ) -> RemediationResult:
+        """One route under the host's lease: a busy host defers, never runs twice at once."""
+        host = route.target.host
+        try:
+            with self.guards.lease(host, run_id):
+                return _Remediation(self, run_id, slot, route, mode, approval=approval).run()
+        except HostBusy as busy:
+            self.audit.append(
+                "decision", {"host": host, "action": "skip", "reason": busy.reason}, run_id
+            )
+            return _route_result(route, "skip", "deferred", busy.reason)
         except EscalatedError as exc:
             self.audit.append(
                 "decision", {"host": host, "action": "escalate", "reason": exc.message}, run_id
             )
             return _route_result(route, "escalate", "escalated", exc.message)
+
+    @contextmanager
+    def access(self, run_id: str) -> Iterator[Access]:
+        """SSH for one remediation's runs: one shared master, and with an SSH CA configured a
+        certificate valid for the remediation only; both gone when it ends."""
+        control = self.workspace.control_dir(run_id)
+        try:
+            with run_certificate(
+                self.settings.ssh_ca_key,
+                self.workspace.run_dir(run_id) / "ssh",
+                minutes=self.settings.ssh_cert_minutes,
+                identity=run_id,
+            ) as cert:
+                yield Access(control_dir=control, certificate=cert)
+        finally:
+            close_control_masters(control)
 
     def run_step(
         self,
@@ -308,7 +436,7 @@ class Remediator:
         slot: str,
         step: PlaybookStep,
         hosts: str | Sequence[str],
-        control_dir: Path,
+        access: Access,
     ) -> RunResult:
         targets = [hosts] if isinstance(hosts, str) else list(hosts)
         prepared = self.workspace.prepare_step(
@@ -321,8 +449,10 @@ class Remediator:
             inventories=(*self.inventory.sources, prepared.target_inventory),
             check=step.check,
             roles_path=roles_dir(),
-            control_dir=control_dir,
+            control_dir=access.control_dir,
             job_timeout=self.settings.job_timeout,
+            ssh_identity=access.certificate.identity_file if access.certificate else None,
+            ssh_certificate=access.certificate.certificate_file if access.certificate else None,
         )
         try:
             result = self.executor.run(request)
@@ -376,11 +506,8 @@ class Remediator:
                 ],
             },
         )  # fmt: skip
-        control_dir = self.workspace.control_dir(run_id)
-        try:
-            run = self.run_step(run_id, "baseline", step, [h.name for h in hosts], control_dir)
-        finally:
-            close_control_masters(control_dir)
+        with self.access(run_id) as access:
+            run = self.run_step(run_id, "baseline", step, [h.name for h in hosts], access)
         fetched_root = self.workspace.run_dir(run_id) / "baseline" / "files"
         for host in hosts:
             entries += self._record_baseline(run_id, host.name, run.summary, fetched_root)
@@ -434,6 +561,18 @@ class Remediator:
         return entries
 
 
+def pick_slot(routes: Sequence[Route], slot: str, host: str, fix: str) -> Route | None:
+    """The route a past remediation's slot (``INDEX-HOST[+HANDED_TO]``) took."""
+    index, _, handed = slot.partition("+")
+    for i, route in enumerate(routes):
+        if f"{i}-{route.target.host}" == index and route.target.host == host:
+            taken = route
+            if handed:  # the fix a rule's on_blocked handed off to
+                taken = route.model_copy(update={"fix": handed, "fix_params": {}, "on_blocked": {}})
+            return taken if taken.fix == fix else None
+    return None
+
+
 def _preview(hs: HostSummary, fix: FixSpec, assessment: Report | None) -> tuple[PreviewChange, ...]:
     """The check run's predicted changes with their diffs, the role's own view first.
 
@@ -452,8 +591,19 @@ def _preview(hs: HostSummary, fix: FixSpec, assessment: Report | None) -> tuple[
 class _Remediation:
     """One route through check → decide → apply → verify → rollback (or a hand-off)."""
 
-    def __init__(self, owner: Remediator, run_id: str, slot: str, route: Route, mode: Mode) -> None:
+    def __init__(
+        self,
+        owner: Remediator,
+        run_id: str,
+        slot: str,
+        route: Route,
+        mode: Mode,
+        *,
+        approval: Approval | None = None,
+    ) -> None:
         self.o = owner
+        self.approval = approval  # set when a person approved this fix (``approve ID``)
+        self.trial = False  # a half-open breaker's one trial
         self.run_id = run_id
         self.slot = slot
         self.route = route
@@ -464,7 +614,6 @@ class _Remediation:
         self.causes: list[Cause] = []
         self.preview: tuple[PreviewChange, ...] = ()
         self.prefix: list[str] = []  # reasons carried over from a fix that handed off
-        self.control_dir = owner.workspace.control_dir(run_id)
 
     def result(
         self,
@@ -495,7 +644,7 @@ class _Remediation:
 
     def step(self, step: PlaybookStep, slot: str) -> RunResult:
         with self.phases.timed(step.phase) as ph:
-            result = self.o.run_step(self.run_id, slot, step, self.host, self.control_dir)
+            result = self.o.run_step(self.run_id, slot, step, self.host, self.access)
             ph["detail"] = (
                 f"{result.status}, {result.summary.host(self.host).count('changed')} changed"
             )
@@ -504,10 +653,8 @@ class _Remediation:
         return result
 
     def run(self) -> RemediationResult:
-        try:
+        with self.o.access(self.run_id) as self.access:
             return self._run()
-        finally:
-            close_control_masters(self.control_dir)
 
     def _plan(self, route: Route) -> RemediationPlan | RemediationResult:
         refused: NoRuleError | None = None
@@ -539,7 +686,7 @@ class _Remediation:
             return plan
         if self.mode == "diagnose" or plan.preview is None:
             return self._diagnose_only(plan)
-        return self._fix(plan, self.slot, hand_off=True)
+        return self._fix(plan, self.slot, hand_off=self.approval is None)
 
     def _fix(self, plan: RemediationPlan, slot: str, *, hand_off: bool) -> RemediationResult:
         fix, route = plan.fix, plan.route
@@ -552,16 +699,7 @@ class _Remediation:
         assessment = hs.report(fix.reports.assess)
         self.preview = _preview(hs, fix, assessment)
         with self.phases.timed("decide") as ph:
-            since = datetime.now(UTC) - timedelta(hours=self.o.settings.history_hours)
-            history = self.o.workspace.history(self.host, fix.name, since)
-            decision = decide(
-                check.summary,
-                self.host,
-                fix,
-                history,
-                self.o.settings.confidence_threshold,
-                scope=plan.scope,
-            )
+            decision = self._decide(plan, check.summary)
             ph["detail"] = f"{fix.name}: {decision.action} ({decision.confidence:.2f})"
         self.o.audit.append(
             "decision",
@@ -573,47 +711,199 @@ class _Remediation:
             return self._hand_off(plan, decision, other)
         if decision.action != "apply":
             outcome = decision.outcome or "escalated"
-            return self.result(
-                decision, decision.action, outcome, decision.reasons, route=route, fix=fix
-            )
+            reasons = list(decision.reasons)
+            if decision.approvable and self.mode == "handle":
+                reasons.append(self._ask(fix, slot, reasons))
+            return self.result(decision, decision.action, outcome, reasons, route=route, fix=fix)
         if self.mode == "check_only":
             reasons = [*decision.reasons, "--check-only: nothing applied"]
             return self.result(decision, "apply", "previewed", reasons, route=route, fix=fix)
-        if self.o.workspace.brake() is not None:
-            reasons = ["emergency brake engaged before apply"]
+        brake = self.o.guards.brake()
+        if brake is not None:
+            reasons = [*decision.reasons, f"emergency brake {brake.describe()}: nothing applied"]
             return self.result(decision, "brake", "blocked", reasons, route=route, fix=fix)
-
+        if self.o.terminating:
+            reasons = [*decision.reasons, "interrupted (SIGTERM) before apply: nothing applied"]
+            return self.result(decision, "escalate", "escalated", reasons, route=route, fix=fix)
         assert isinstance(assessment, Assessment)  # decide() applies only with one
-        # apply_step cuts it to the plan's scope: the same view decide() scored.
-        apply = self.step(apply_step(plan, assessment), slot)
-        with self.phases.timed("verify") as ph:
-            verdict = assess_apply(apply.summary, self.host, fix)
-            ph["status"] = "ok" if verdict.ok else "failed"
-            ph["detail"] = "; ".join(verdict.reasons)
-        after = apply.summary.host(self.host)
-        snapshot = taken_snapshot(self.host, fix, apply.summary, check.summary)
-        if apply.status == "canceled" and self.o.workspace.brake() is not None:
-            # The operator pulled the brake mid-fix to take over: no automatic rollback
-            # (it would be cancelled too); hand them the snapshot to restore from.
-            before = snapshot.describe() if snapshot else "no snapshot was taken"
-            reason = f"emergency brake engaged during apply; run cancelled; before: {before}"
-            self.o.workspace.append_history(self.host, fix.name, "failed")
-            return self.result(
-                decision, "brake", "blocked", [*decision.reasons, reason], route=route, fix=fix
+        return self._apply(plan, decision, slot, assessment, check.summary)
+
+    def _decide(self, plan: RemediationPlan, check: RunSummary) -> Decision:
+        """The score, then the guards a score cannot override: approval and the breaker."""
+        fix = plan.fix
+        assert fix is not None
+        since = datetime.now(UTC) - timedelta(hours=self.o.settings.history_hours)
+        past = self.o.store.history(host=self.host, fix=fix.name, since=since)
+        history = History(
+            resolved=sum(e.outcome == "resolved" for e in past),
+            rolled_back=sum(e.outcome == "rolled_back" for e in past),
+            failed=sum(e.outcome == "failed" for e in past),
+        )
+        decision = decide(
+            check,
+            self.host,
+            fix,
+            history,
+            self.o.settings.confidence_threshold,
+            scope=plan.scope,
+        )
+        if self.approval is not None:
+            return self._approved(decision)
+        if decision.action != "apply" or self.mode != "handle":
+            return decision
+        if "always" in (self.route.approval, self.o.settings.approval):
+            where = (
+                "rule " + self.route.rule if self.route.approval == "always" else "VERIS_APPROVAL"
             )
-        if verdict.ok:
-            self.findings += [
-                f
-                for f in findings(self.host, *after.reports.values())
-                if f.severity == "info" and f not in self.findings
-            ]
-            self.o.workspace.append_history(self.host, fix.name, "resolved")
-            reasons = [*decision.reasons, *verdict.reasons]
-            return self.result(decision, "apply", "resolved", reasons, route=route, fix=fix)
-        self.findings += [
-            f for f in findings(self.host, *after.reports.values()) if f not in self.findings
+            reason = f"approval required for every application ({where}=always)"
+            return decision.model_copy(
+                update={"action": "escalate", "outcome": "escalated", "approvable": True,
+                        "reasons": (*decision.reasons, reason)}
+            )  # fmt: skip
+        verdict = self.o.guards.admit(self.host, fix.name, self.route.alert, self.run_id)
+        if not verdict.allow:
+            return decision.model_copy(
+                update={"action": "escalate", "outcome": "escalated", "approvable": True,
+                        "reasons": (*decision.reasons, verdict.reason)}
+            )  # fmt: skip
+        if verdict.trial:
+            self.trial = True
+            return decision.model_copy(update={"reasons": (*decision.reasons, verdict.reason)})
+        return decision
+
+    def _approved(self, decision: Decision) -> Decision:
+        """A person approved this fix: apply if the fresh preview is what they saw."""
+        approval = self.approval
+        assert approval is not None
+        if decision.action != "apply" and not decision.approvable:
+            return decision  # nothing to do now, or the fix cannot help: say so
+        if preview_digest(self.preview) != approval.digest:
+            return decision.model_copy(
+                update={"action": "escalate", "outcome": "escalated", "approvable": True,
+                        "reasons": (*decision.reasons,
+                                    f"the preview changed since approval {approval.id} was "
+                                    "asked: not applied; approve the new preview")}
+            )  # fmt: skip
+        reason = f"approved by {operator()} ({approval.id}); the fresh preview matches"
+        return decision.model_copy(
+            update={"action": "apply", "outcome": None, "reasons": (*decision.reasons, reason)}
+        )
+
+    def _ask(self, fix: FixSpec, slot: str, reasons: Sequence[str]) -> str:
+        """Store an escalation a person may approve, with the preview they would approve."""
+        pending = self.o.guards.request_approval(
+            run_id=self.run_id, slot=slot, host=self.host, fix=fix.name,
+            alert=self.route.alert, reasons=reasons, preview=self.preview,
+        )  # fmt: skip
+        return (
+            f"waiting for approval: veris-remediate approve {pending.id} "
+            f"(or reject {pending.id}); expires {pending.expires:%Y-%m-%d %H:%M} UTC"
+        )
+
+    def _apply(
+        self,
+        plan: RemediationPlan,
+        decision: Decision,
+        slot: str,
+        assessment: Assessment,
+        check: RunSummary,
+    ) -> RemediationResult:
+        """Apply under the journal; whatever happens after this, the state is restored or said."""
+        fix, route = plan.fix, plan.route
+        assert fix is not None
+        store = self.o.store
+        store.journal_begin(
+            self.run_id, slot, self.host, fix.name, "apply",
+            {"fix": fix.name, "slot": slot, "alert": self.route.alert.name},
+        )  # fmt: skip
+        if self.approval is not None:
+            self.o.store.decide_approval(
+                self.approval.id, "approved", by=operator(), result_run=self.run_id
+            )
+        try:
+            apply: RunResult | None = None
+            failure: list[str] = []
+            try:
+                # apply_step cuts it to the plan's scope: the same view decide() scored.
+                apply = self.step(apply_step(plan, assessment), slot)
+            except VerisError as exc:  # runner or audit failure: the host may be half-changed
+                failure = [f"the apply run broke off: {exc.message}"]
+            summaries = (apply.summary, check) if apply else (check,)
+            snapshot = taken_snapshot(self.host, fix, *summaries)
+            if snapshot is not None:
+                self._keep_snapshot(slot, fix, snapshot)
+            if apply is not None and apply.status == "canceled" and self.o.guards.brake():
+                return self._braked(plan, decision, slot, snapshot)
+            if apply is not None and not failure:
+                with self.phases.timed("verify") as ph:
+                    verdict = assess_apply(apply.summary, self.host, fix)
+                    ph["status"] = "ok" if verdict.ok else "failed"
+                    ph["detail"] = "; ".join(verdict.reasons)
+                after = apply.summary.host(self.host)
+                if verdict.ok:
+                    self.findings += [
+                        f
+                        for f in findings(self.host, *after.reports.values())
+                        if f.severity == "info" and f not in self.findings
+                    ]
+                    self._account(fix, "resolved")
+                    reasons = [*decision.reasons, *verdict.reasons]
+                    return self.result(decision, "apply", "resolved", reasons, route=route, fix=fix)
+                self.findings += [
+                    f
+                    for f in findings(self.host, *after.reports.values())
+                    if f not in self.findings
+                ]
+                failure = list(verdict.reasons)
+                if apply.status == "canceled" and self.o.terminating:
+                    failure.append("the apply run was cancelled by SIGTERM")
+            store.journal_update(self.run_id, slot, "rollback")
+            return self._roll_back(plan, decision, slot, snapshot, failure)
+        finally:
+            store.journal_end(self.run_id, slot)
+
+    def _keep_snapshot(self, slot: str, fix: FixSpec, snapshot: Snapshot) -> None:
+        """The snapshot outlives the run: ``rollback ID`` and crash recovery restore from it."""
+        saved = {"fix": fix.name, "host": self.host, "snapshot": snapshot.model_dump(mode="json")}
+        self.o.workspace.write_record(self.run_id, f"{slot}/snapshot", saved)
+        self.o.store.journal_update(self.run_id, slot, "apply", {"snapshot": True})
+
+    def _account(self, fix: FixSpec, outcome: str) -> None:
+        self.o.guards.account(
+            self.host, fix.name, outcome, self.route.alert, self.run_id, trial=self.trial
+        )
+
+    def _braked(
+        self,
+        plan: RemediationPlan,
+        decision: Decision,
+        slot: str,
+        snapshot: Snapshot | None,
+    ) -> RemediationResult:
+        """The brake cancelled the fix in flight: no automatic change; re-check read-only."""
+        fix = plan.fix
+        assert fix is not None
+        assert plan.preview is not None
+        before = snapshot.describe() if snapshot else "no snapshot was taken"
+        brake = self.o.guards.brake()
+        who = brake.describe() if brake else "engaged, then released"
+        reasons = [
+            *decision.reasons,
+            f"emergency brake during apply ({who}): the fix run was cancelled, "
+            "nothing rolled back automatically",
+            f"before the fix: {before}",
         ]
-        return self._roll_back(plan, decision, slot, snapshot, verdict.reasons)
+        recheck = self.step(plan.preview.model_copy(update={"phase": "recheck"}), slot)
+        state = recheck.summary.host(self.host).report(fix.reports.assess)
+        if isinstance(state, Assessment):
+            verdict = "problem present" if state.problem_present() else "no problem found"
+            reasons.append(f"left as: {verdict}: {state.describe()} (read-only re-check)")
+        else:
+            reasons.append("left as: unknown (the read-only re-check produced no report)")
+        if snapshot is not None and fix.reversible:
+            reasons.append(f"to restore the snapshot: veris-remediate rollback {self.run_id}")
+        self._account(fix, "failed")
+        return self.result(decision, "brake", "blocked", reasons, route=plan.route, fix=fix)
 
     def _hand_off(self, plan: RemediationPlan, decision: Decision, other: str) -> RemediationResult:
         """The fix cannot help for a reason its rule hands to another fix: try that one."""
@@ -653,17 +943,30 @@ class _Remediation:
         reasons = [*decision.reasons, *why]
         if not fix.reversible:
             reasons.append(f"{fix.name} is irreversible: nothing could be rolled back")
-            self.o.workspace.append_history(self.host, fix.name, "failed")
+            self._account(fix, "failed")
             return self.result(decision, "apply", "failed", reasons, route=route, fix=fix)
         if snapshot is None:
             reasons.append("no snapshot of the prior state: cannot roll back")
-            self.o.workspace.append_history(self.host, fix.name, "failed")
+            self._account(fix, "failed")
             return self.result(decision, "apply", "failed", reasons, route=route, fix=fix)
-        rollback = self.step(rollback_step(plan, snapshot), slot)
+        brake = self.o.guards.brake()
+        if brake is not None:
+            reasons += [
+                f"emergency brake {brake.describe()}: not rolled back automatically",
+                f"to restore the snapshot: veris-remediate rollback {self.run_id}",
+            ]
+            self._account(fix, "failed")
+            return self.result(decision, "brake", "blocked", reasons, route=route, fix=fix)
+        try:
+            rollback = self.step(rollback_step(plan, snapshot), slot)
+        except VerisError as exc:
+            reasons.append(f"the rollback run broke off: {exc.message}")
+            self._account(fix, "failed")
+            return self.result(decision, "apply", "failed", reasons, route=route, fix=fix)
         verdict = assess_rollback(rollback.summary, self.host, fix, snapshot)
         reasons += verdict.reasons
         outcome: Outcome = "rolled_back" if verdict.ok else "failed"
-        self.o.workspace.append_history(self.host, fix.name, outcome)
+        self._account(fix, outcome)
         return self.result(
             decision, "apply", outcome, reasons, route=route, fix=fix, rolled_back=verdict.ok
         )

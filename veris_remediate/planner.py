@@ -31,6 +31,7 @@ from .baselines import BaselineCopy
 from .exceptions import NoRuleError
 from .fixes import FixCatalog, FixSpec, Requirement, load_fixes
 from .inventory import Inventory, InventoryHost, ServiceSpec, dependency_order
+from .redaction import redact, redact_text
 from .role_reports import Assessment, Scope, Snapshot
 from .routing import WORKFLOWS, Route
 from .settings import Settings
@@ -143,15 +144,18 @@ def build_plan(
             problem = _unmet(requirement, scope, host, service)
             if problem:
                 raise NoRuleError(f"fix {fix.name} cannot run on {target}: {problem}")
+    # Alert text is masked where it enters a run: a token in a label never reaches disk.
+    summary = redact_text(_summary(route))
+    labels = redact(dict(route.alert.labels))
     data: dict[str, Any] = {
         "veris_run_id": run_id,
-        "veris_alert_summary": _summary(route),
+        "veris_alert_summary": summary,
         "veris_alert": {
             "name": route.alert.name,
             "severity": route.alert.severity,
-            "summary": _summary(route),
+            "summary": summary,
             # Pairs, not a mapping: label names are not all plain lowercase identifiers.
-            "labels": [{"name": k, "value": v} for k, v in sorted(route.alert.labels.items())],
+            "labels": [{"name": k, "value": v} for k, v in sorted(labels.items())],
         },
         "veris_host": {
             "name": host.name,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -89,6 +89,8 @@ class Rule(BaseModel):
     params: dict[StrictStr, ParamValue] = Field(default_factory=dict)
     # blocker code the fix may report -> the fix to try instead (see fixes.py)
     on_blocked: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    # "always": a person approves every application of this rule's fix, whatever the score.
+    approval: Literal["score", "always"] = "score"
 
     @field_validator("name")
     @classmethod
@@ -165,6 +167,7 @@ class Route(BaseModel):
     # Role variables from the rule's params, already checked against the fix's role.
     fix_params: dict[str, ParamValue] = Field(default_factory=dict)
     on_blocked: dict[str, str] = Field(default_factory=dict)
+    approval: Literal["score", "always"] = "score"
 
     @property
     def service_name(self) -> str | None:
@@ -276,6 +279,7 @@ def route_alert(
         service=service,
         fix_params=spec.role_params(fix_params, f"rule {rule.name}") if spec else {},
         on_blocked=dict(rule.on_blocked),
+        approval=rule.approval,
     )
 
 

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from .events import EventFolder, RunSummary
 from .exceptions import RunnerError
 from .resources import find_tool
+from .role_reports import Report
 
 RunStatus = Literal["successful", "failed", "timeout", "canceled", "error"]
 
@@ -35,6 +36,20 @@ class RunRequest(BaseModel):
     roles_path: Path
     control_dir: Path
     job_timeout: int  # the idle timeout is in the private data dir's env/settings
+    # A short-lived SSH certificate (sshca.py) and its private key: when set, they replace
+    # the inventory's key file (docs/SSH_CERTIFICATES.md says what else could add one).
+    ssh_identity: Path | None = None
+    ssh_certificate: Path | None = None
+
+    @model_validator(mode="after")
+    def _identity_with_certificate(self) -> RunRequest:
+        if (self.ssh_identity is None) != (self.ssh_certificate is None):
+            raise ValueError("ssh_identity and ssh_certificate are given together or not at all")
+        for path in (self.ssh_identity, self.ssh_certificate):
+            # They reach Ansible as (templated) extra vars and ssh as %-expanded options.
+            if path is not None and (not path.is_absolute() or set(str(path)) & set("{}%#'\"\\")):
+                raise ValueError(f"unusable SSH credential path {str(path)[:80]!r}")
+        return self
 
 
 class RunResult(BaseModel):
@@ -59,6 +74,35 @@ def tool_path(name: str) -> str:
     return found
 
 
+def ssh_args(request: RunRequest) -> str:
+    """ssh_args for every ssh, sftp and scp of the run.
+
+    Ansible puts ssh_args first on ssh's command line, and ssh keeps the first value it
+    is given for an option: these beat the inventory's ``ansible_ssh_common_args``.
+    With a certificate, ``IdentitiesOnly`` keeps ssh-agent keys out of the run.
+    """
+    args = "-o ControlMaster=auto -o ControlPersist=120s"
+    if request.ssh_identity is not None and request.ssh_certificate is not None:
+        args += (
+            f' -o IdentitiesOnly=yes -o IdentityFile="{request.ssh_identity}"'
+            f' -o CertificateFile="{request.ssh_certificate}"'
+        )
+    return args
+
+
+def connection_extravars(request: RunRequest) -> dict[str, str]:
+    """Extra vars that make the certificate's key the run's only key file.
+
+    IdentityFile adds up rather than being replaced, so the inventory's own
+    ``ansible_ssh_private_key_file`` would be offered after the certificate and quietly
+    let an expired certificate's run in. Extra vars outrank every inventory variable.
+    """
+    if request.ssh_identity is None:
+        return {}
+    key = str(request.ssh_identity)
+    return {"ansible_private_key_file": key, "ansible_ssh_private_key_file": key}
+
+
 def ansible_env(request: RunRequest) -> dict[str, str]:
     """Environment for ansible-playbook: fast SSH, no fact gathering, our roles only."""
     bindir = str(Path(sys.executable).parent)
@@ -67,7 +111,7 @@ def ansible_env(request: RunRequest) -> dict[str, str]:
         "ANSIBLE_ROLES_PATH": str(request.roles_path),
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=120s",
+        "ANSIBLE_SSH_ARGS": ssh_args(request),
         # Steps of one run share one SSH master: one handshake per host per run.
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(request.control_dir),
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
@@ -80,17 +124,26 @@ def ansible_env(request: RunRequest) -> dict[str, str]:
 
 
 class AnsibleRunnerExecutor:
-    """Runs steps with ansible-runner; ``cancel`` is polled while a run is in flight."""
+    """Runs steps with ansible-runner; ``cancel(request)`` is polled while a run is in flight."""
 
-    def __init__(self, cancel: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        cancel: Callable[[RunRequest], bool] | None = None,
+        on_report: Callable[[RunRequest, str, Report], None] | None = None,
+    ) -> None:
         self._cancel = cancel
+        self._on_report = on_report
 
     def run(self, request: RunRequest) -> RunResult:
         import ansible_runner  # only here: importing it costs time and the rest never needs it
 
         tool_path("ansible-playbook")  # fail clearly before ansible-runner fails obscurely
 
-        folder = EventFolder(check=request.check)
+        hook = self._on_report
+        folder = EventFolder(
+            check=request.check,
+            on_report=(lambda host, report: hook(request, host, report)) if hook else None,
+        )
         started = time.monotonic()
         kwargs: dict[str, Any] = {
             "private_data_dir": str(request.private_data_dir),
@@ -108,8 +161,12 @@ class AnsibleRunnerExecutor:
         }
         if request.check:
             kwargs["cmdline"] = "--check --diff"
+        if extravars := connection_extravars(request):
+            # A second `-e` after the workspace's env/extravars file; nothing else sets these.
+            kwargs["extravars"] = extravars
         if self._cancel is not None:
-            kwargs["cancel_callback"] = self._cancel
+            cancel = self._cancel
+            kwargs["cancel_callback"] = lambda: cancel(request)
         try:
             result = ansible_runner.run(**kwargs)
         except Exception as exc:  # ansible-runner raises bare ConfigurationError/OSError types

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+import stat
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .exceptions import EscalatedError, UsageError
+from .exceptions import UsageError
 from .planner import PlaybookStep
+from .redaction import redact, redact_payload
 from .render import render_extravars, render_target_inventory
 
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+# The extra vars that carry alert data (planner.py): untrusted, printed by the playbooks,
+# and sometimes holding a sender's credentials. Only a redacted copy is written.
+_ALERT_VARS = ("veris_alert", "veris_alert_summary")
 
 
 class History(BaseModel):
@@ -43,11 +47,51 @@ class PreparedStep(BaseModel):
     target_inventory: Path
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _private_dir(path: Path) -> Path:
+    """Create ``path`` and every missing parent 0700 (``mkdir -p`` would make parents 0755)."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            directory.mkdir(mode=0o700)
+    return path
+
+
+def _tighten(path: Path) -> None:
+    """Drop group and other permissions from one file or directory of ours (not a link)."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+            os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+    except (FileNotFoundError, PermissionError):
+        pass  # gone already, or not ours to change
+
+
+def _tighten_tree(top: Path) -> None:
+    if not top.is_dir():
+        return
+    _tighten(top)
+    for root, dirs, files in os.walk(top):  # does not follow symlinks
+        for name in (*dirs, *files):
+            _tighten(Path(root) / name)
+
+
+def _scrub_step(private_data_dir: Path) -> None:
+    for command in (private_data_dir / "artifacts").glob("*/command"):
+        command.unlink(missing_ok=True)
+    _tighten_tree(private_data_dir)
+    _tighten_tree(private_data_dir.parent / "files")
+
+
+def _write_private(path: Path, data: str | bytes) -> None:
+    """Write a file only its owner can read, in directories only its owner can open."""
+    _private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 class Workspace:
@@ -63,6 +107,18 @@ class Workspace:
             raise UsageError(f"not a run id: {run_id[:40]!r}")
         return self.runs_dir / run_id
 
+    def _private_run_dir(self, run_id: str) -> Path:
+        """The run's directory, made (with the state and runs dirs) 0700 before any write.
+
+        Run directories hold the extra vars, what Ansible printed and fetched copies of
+        config files. The runs dir is ours alone, so one made looser (by hand, or by an
+        older version) is tightened; a state dir the operator made is left as it is.
+        """
+        path = _private_dir(self.run_dir(run_id))
+        _tighten(self.runs_dir)
+        _tighten(path)
+        return path
+
     def prepare_step(
         self,
         run_id: str,
@@ -73,12 +129,14 @@ class Workspace:
         idle_timeout: int,
     ) -> PreparedStep:
         """Write one step's private data dir: !unsafe extra vars, target inventory, settings."""
-        pdd = self.run_dir(run_id) / slot / step.phase
+        pdd = self._private_run_dir(run_id) / slot / step.phase
         # One private directory per remediation where runs may fetch files (snapshots),
         # shared by its check, apply and rollback runs.
-        files = self.run_dir(run_id) / slot / "files"
-        files.mkdir(parents=True, exist_ok=True, mode=0o700)
+        files = _private_dir(self.run_dir(run_id) / slot / "files")
         extravars = {**step.extravars, "veris_controller_dir": str(files)}
+        for key in _ALERT_VARS:
+            if key in extravars:
+                extravars[key] = redact(extravars[key])
         # ansible-runner passes an existing env/extravars as `-e @file` without parsing it.
         _write_private(pdd / "env" / "extravars", render_extravars(extravars))
         target = pdd / "target_inventory.yml"
@@ -87,16 +145,29 @@ class Workspace:
         )
         # ansible-runner drops a `settings=` argument when env/settings is missing, so the
         # idle timeout only takes effect from this file.
-        _write_private(pdd / "env" / "settings", json.dumps({"idle_timeout": idle_timeout}) + "\n")
-        (pdd / "project").mkdir(exist_ok=True, mode=0o700)
+        # pexpect_timeout is how often ansible-runner polls the cancel callback (default 5 s):
+        # the brake must stop a fix run within a second or two.
+        _write_private(
+            pdd / "env" / "settings",
+            json.dumps({"idle_timeout": idle_timeout, "pexpect_timeout": 1}) + "\n",
+        )
+        _private_dir(pdd / "project")
         return PreparedStep(
             phase=step.phase, check=step.check, private_data_dir=pdd, target_inventory=target
         )
 
     def scrub(self, prepared: PreparedStep) -> None:
-        """Delete the environment copy ansible-runner leaves in artifacts (it can hold secrets)."""
-        for command in (prepared.private_data_dir / "artifacts").glob("*/command"):
-            command.unlink(missing_ok=True)
+        """After a run: delete the environment copy ansible-runner leaves in artifacts (it
+        holds the whole process environment), and take group and other permissions off
+        what ansible-runner and Ansible made (``artifacts/`` and ``stderr`` come out world
+        readable, fetched files as the umask says)."""
+        _scrub_step(prepared.private_data_dir)
+
+    def scrub_run(self, run_id: str) -> None:
+        """Scrub every step of a run: a process killed mid-run never scrubbed its last one
+        (recovery calls this before anything else)."""
+        for artifacts in self.run_dir(run_id).glob("*/*/artifacts"):
+            _scrub_step(artifacts.parent)
 
     def control_dir(self, run_id: str) -> Path:
         """SSH ControlMaster sockets shared by one run's steps (closed when the run ends)."""
@@ -104,8 +175,27 @@ class Workspace:
         path.mkdir(mode=0o700, exist_ok=True)
         return path
 
+    def save_payload(self, run_id: str, payload: bytes | str) -> Path:
+        """The payload as received, its secrets masked (redaction.py): ``approve``,
+        ``rollback`` and recovery route it again, and no route needs a sender's credentials."""
+        path = self._private_run_dir(run_id) / "payload"
+        _write_private(path, redact_payload(payload))
+        return path
+
+    def load_payload(self, run_id: str) -> bytes:
+        try:
+            return (self.run_dir(run_id) / "payload").read_bytes()
+        except FileNotFoundError as exc:
+            raise UsageError(f"run {run_id} kept no payload (made by an older version?)") from exc
+
+    def write_file(self, path: Path, text: str) -> None:
+        """A private file inside the state dir (0600 in 0700 directories)."""
+        if not path.resolve().is_relative_to(self.state_dir.resolve()):
+            raise UsageError(f"{path} is outside the state dir {self.state_dir}")
+        _write_private(path, text)
+
     def write_record(self, run_id: str, name: str, data: Mapping[str, Any]) -> Path:
-        path = self.run_dir(run_id) / f"{name}.json"
+        path = self._private_run_dir(run_id) / f"{name}.json"
         _write_private(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
         return path
 
@@ -121,78 +211,3 @@ class Workspace:
         if not self.runs_dir.is_dir():
             return []
         return sorted(p.name for p in self.runs_dir.iterdir() if _RUN_ID.match(p.name))
-
-    @contextlib.contextmanager
-    def host_lock(self, host: str) -> Iterator[None]:
-        """One remediation per host at a time, across processes; a busy host escalates."""
-        locks = self.state_dir / "locks"
-        locks.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(locks / f"{host}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise EscalatedError(
-                    f"another remediation is in progress on {host}; not starting a second"
-                ) from exc
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
-    @property
-    def history_file(self) -> Path:
-        return self.state_dir / "history.jsonl"
-
-    def append_history(self, host: str, fix: str, outcome: str) -> None:
-        """Outcomes of applied fixes, which later decisions weigh."""
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        line = json.dumps(
-            {"ts": datetime.now(UTC).isoformat(), "host": host, "fix": fix, "outcome": outcome}
-        )
-        fd = os.open(self.history_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-
-    def history(self, host: str, fix: str, since: datetime) -> History:
-        counts = {name: 0 for name in History.model_fields}
-        try:
-            lines = self.history_file.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return History()
-        for line in lines:
-            try:
-                rec = json.loads(line)
-                when = datetime.fromisoformat(rec["ts"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            outcome = rec.get("outcome")
-            if (
-                rec.get("host") == host
-                and rec.get("fix") == fix
-                and when >= since
-                and (outcome in counts)
-            ):
-                counts[outcome] += 1
-        return History.model_validate(counts)
-
-    # The emergency brake is a file: it survives restarts and any process can see it.
-    @property
-    def brake_file(self) -> Path:
-        return self.state_dir / "brake.json"
-
-    def engage_brake(self, reason: str) -> None:
-        record = {"reason": reason, "since": datetime.now(UTC).isoformat()}
-        _write_private(self.brake_file, json.dumps(record) + "\n")
-
-    def release_brake(self) -> None:
-        self.brake_file.unlink(missing_ok=True)
-
-    def brake(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(self.brake_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            # An unreadable brake file is still a brake: fail safe.
-            return {"reason": "brake file unreadable", "since": None}
-        return data

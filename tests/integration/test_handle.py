@@ -17,6 +17,7 @@ import pytest
 
 from tests.helpers import EXAMPLES, run_cli
 from tests.integration.conftest import LabHandle
+from veris_remediate.store import StateStore
 
 pytestmark = pytest.mark.integration
 
@@ -171,8 +172,8 @@ def test_failed_verify_is_rolled_back(healthy: LabHandle, state_dir: Path) -> No
         # Back to stopped, as it was before the fix.
         assert healthy.is_active(h1, "nginx") == "inactive"
         # A rolled-back fix counts against the next decision for the same host.
-        history = (state_dir / "history.jsonl").read_text()
-        assert '"rolled_back"' in history
+        history = StateStore(state_dir).history(host=h1, fix="service_restart")
+        assert [e.outcome for e in history] == ["rolled_back"]
     finally:
         healthy.ssh(h1, "chmod", "755", "/var/www/html")
 

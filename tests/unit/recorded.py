@@ -55,10 +55,30 @@ def rules_file(scenario: str) -> Path | None:
     return path if path.is_file() else None
 
 
+# Phases that run the same playbook in the same mode as a recorded one.
+SAME_RUN = {"recheck": "check", "recover-check": "check", "restore": "rollback"}
+
+
 def stem_of(request: RunRequest) -> str:
     """The recorded file a request replays: the slot's hand-off fix, if any, and the phase."""
     handed = request.private_data_dir.parent.name.partition("+")[2]
-    return f"{handed}.{request.phase}" if handed else request.phase
+    phase = SAME_RUN.get(request.phase, request.phase)
+    return f"{handed}.{phase}" if handed else phase
+
+
+def hold_lease(state_dir: Path, host: str) -> None:
+    """Another live process (pid 1, never ours) holds ``host``."""
+    import socket
+
+    from veris_remediate.store import StateStore
+
+    store = StateStore(state_dir)
+    with store._tx() as db:
+        db.execute(
+            "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+            (host, f"{socket.gethostname()}:1", "20260101T000000Z-aaaaaa",
+             "2026-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00"),
+        )  # fmt: skip
 
 
 class RecordedExecutor:

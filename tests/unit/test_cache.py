@@ -232,19 +232,21 @@ def test_unknown_mountpoint_is_a_blocker(tmp_path: Path) -> None:
     assert any("no filesystem is mounted at '/data'" in r for r in report.reasons)
 
 
-def test_brake_blocks_and_a_busy_host_escalates(tmp_path: Path) -> None:
+def test_brake_previews_and_a_busy_host_is_deferred(tmp_path: Path) -> None:
     executor = RecordedExecutor("cc_resolved")
     remediator = Remediator(
         recorded.inventory("cc_resolved"), Settings(state_dir=tmp_path), executor=executor
     )
-    remediator.workspace.engage_brake("incident 7")
+    remediator.store.engage_brake("incident 7", by="carol", source="operator")
     braked = remediator.handle(recorded.payload("cc_resolved"))
     assert braked.outcome == "blocked"
-    assert executor.requests == []
-    remediator.workspace.release_brake()
-    with remediator.workspace.host_lock("rcc1"):
-        busy = remediator.handle(recorded.payload("cc_resolved"))
-    assert busy.outcome == "escalated"
+    assert [r.phase for r in executor.requests] == ["check"]  # previewed, never applied
+    assert braked.preview
+    remediator.store.release_brake()
+    executor.requests.clear()
+    recorded.hold_lease(tmp_path, "rcc1")
+    busy = remediator.handle(recorded.payload("cc_resolved"))
+    assert busy.outcome == "deferred"
     assert executor.requests == []
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.recorded import EVENTS, RecordedExecutor, recorded_report, summary
+from tests.unit.recorded import EVENTS, RecordedExecutor, hold_lease, recorded_report, summary
 from tests.unit.recorded import host as recorded_host
 from tests.unit.recorded import inventory as recorded_inventory
 from tests.unit.recorded import payload as recorded_payload
@@ -38,7 +38,7 @@ from veris_remediate.role_reports.service import ServiceHealth, UnitsSnapshot
 from veris_remediate.routing import load_rules
 from veris_remediate.runner import RunRequest, RunResult
 from veris_remediate.settings import Settings
-from veris_remediate.workspace import Workspace
+from veris_remediate.store import StateStore
 
 GOOD = "48c6a4ec1e1fd28ccf968490f07e34a1d7f755793b2108a3ed8670b1ee2a0aa2"  # packaged nginx.conf
 BROKEN = "0e489374a84ed5ef6ca389f8f73193354846da265a4ad4b9e1e474f050ac818a"  # + one bad line
@@ -484,7 +484,7 @@ class _BrakeAfterCheck(RecordedExecutor):
     def run(self, request: RunRequest) -> RunResult:
         result = super().run(request)
         if request.playbook.name == "config_repair.yml" and request.check:
-            Workspace(self.state).engage_brake("operator takes over")
+            StateStore(self.state).engage_brake("operator takes over", by="op", source="operator")
         return result
 
 
@@ -506,8 +506,8 @@ def test_a_busy_host_is_not_repaired(tmp_path: Path) -> None:
     remediator = Remediator(
         recorded_inventory("cr_resolved"), Settings(state_dir=tmp_path), executor=executor
     )
-    with remediator.workspace.host_lock(recorded_host("cr_resolved")):
-        report = remediator.handle(recorded_payload("cr_resolved"))
-    assert report.outcome == "escalated"
-    assert "another remediation is in progress" in report.reasons[0]
+    hold_lease(tmp_path, recorded_host("cr_resolved"))
+    report = remediator.handle(recorded_payload("cr_resolved"))
+    assert report.outcome == "deferred"
+    assert "not run in parallel" in report.reasons[0]
     assert executor.requests == []

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import EXAMPLES, FIXTURES
-from tests.unit.recorded import RecordedExecutor, recorded_report
+from tests.unit.recorded import RecordedExecutor, hold_lease, recorded_report
 from veris_remediate.audit import AuditLog
 from veris_remediate.inventory import Inventory, parse_inventory_listing
 from veris_remediate.pipeline import Remediator
@@ -96,21 +96,33 @@ def test_a_rollback_makes_the_next_decision_escalate(tmp_path: Path) -> None:
     assert any("rolled back 1 time" in r for r in report.reasons)
 
 
-def test_brake_blocks_before_any_run(tmp_path: Path) -> None:
+def test_brake_previews_then_blocks(tmp_path: Path) -> None:
+    """Under the brake, handle still diagnoses and previews; only the apply is refused."""
     remediator, executor = _remediator(tmp_path, "resolved")
-    remediator.workspace.engage_brake("incident 42")
+    remediator.store.engage_brake("incident 42", by="alice", source="operator")
     report = remediator.handle(ALERT)
     assert report.outcome == "blocked"
     assert report.exit_code == 7
-    assert executor.requests == []
+    assert [r.phase for r in executor.requests] == ["check"]
+    assert report.preview
+    assert any("engaged by alice" in r and "incident 42" in r for r in report.reasons)
 
 
-def test_busy_host_escalates(tmp_path: Path) -> None:
+def test_brake_lets_check_only_finish(tmp_path: Path) -> None:
+    remediator, _executor = _remediator(tmp_path, "resolved")
+    remediator.store.engage_brake("incident 42", by="alice", source="operator")
+    report = remediator.handle(ALERT, check_only=True)
+    assert report.outcome == "previewed"
+    assert report.exit_code == 0
+
+
+def test_busy_host_is_deferred(tmp_path: Path) -> None:
     remediator, executor = _remediator(tmp_path, "resolved")
-    with remediator.workspace.host_lock("lab1"):
-        report = remediator.handle(ALERT)
-    assert report.outcome == "escalated"
-    assert "in progress" in report.reasons[0]
+    hold_lease(tmp_path, "lab1")
+    report = remediator.handle(ALERT)
+    assert report.outcome == "deferred"
+    assert report.exit_code == 4
+    assert "not run in parallel" in report.reasons[0]
     assert executor.requests == []
 
 
@@ -173,14 +185,14 @@ def test_report_is_stored_and_reloadable(tmp_path: Path) -> None:
 
 
 def test_brake_during_apply_blocks_without_rollback(tmp_path: Path) -> None:
-    """The brake cancels the apply run; the operator gets the snapshot, not a rollback."""
+    """The brake cancels the apply run; the host is re-checked read-only, never rolled back."""
     remediator, executor = _remediator(tmp_path, "rolled_back")
     real_run = executor.run
 
     def braking_run(request: Any) -> Any:
         result = real_run(request)
         if request.phase == "apply":
-            remediator.workspace.engage_brake("stop everything")
+            remediator.store.engage_brake("stop everything", by="bob", source="operator")
             return result.model_copy(update={"status": "canceled"})
         return result
 
@@ -188,8 +200,10 @@ def test_brake_during_apply_blocks_without_rollback(tmp_path: Path) -> None:
     report = remediator.handle(ALERT)
     assert report.outcome == "blocked"
     assert report.exit_code == 7
-    assert [r.phase for r in executor.requests] == ["check", "apply"]
-    assert "nginx.service was inactive" in report.reasons[-1]
+    assert [r.phase for r in executor.requests] == ["check", "apply", "recheck"]
+    assert any("nginx.service was inactive" in r for r in report.reasons)
+    assert any(r.startswith("left as: problem present") for r in report.reasons)
+    assert report.reasons[-1] == f"to restore the snapshot: veris-remediate rollback {report.run_id}"
 
 
 @pytest.mark.parametrize(

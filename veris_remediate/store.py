@@ -1,0 +1,569 @@
+"""The state store: one SQLite database (WAL) in the state dir, safe across processes.
+
+Everything the guards remember lives here, behind this one module: the brake, host
+leases, fix history, the restart-storm breaker, pending approvals and the journal of
+remediations in flight (what crash recovery reads). Run artifacts and reports stay
+files under ``runs/``.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction, so two processes never interleave a
+read-modify-write. The schema carries its version (``PRAGMA user_version``) and is
+migrated forward on open; a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from .exceptions import VerisError
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE brake (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        reason  TEXT NOT NULL,
+        by      TEXT NOT NULL,
+        source  TEXT NOT NULL,
+        since   TEXT NOT NULL
+    );
+    CREATE TABLE leases (
+        host     TEXT PRIMARY KEY,
+        owner    TEXT NOT NULL,
+        run_id   TEXT NOT NULL,
+        acquired TEXT NOT NULL,
+        expires  TEXT NOT NULL
+    );
+    CREATE TABLE history (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts          TEXT NOT NULL,
+        host        TEXT NOT NULL,
+        fix         TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        run_id      TEXT,
+        alert       TEXT
+    );
+    CREATE INDEX history_host_fix ON history (host, fix, ts);
+    CREATE TABLE breaker (
+        host          TEXT NOT NULL,
+        fix           TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        failures      INTEGER NOT NULL DEFAULT 0,
+        ineffective   INTEGER NOT NULL DEFAULT 0,
+        streak        INTEGER NOT NULL DEFAULT 0,
+        last_fix_at   TEXT,
+        last_outcome  TEXT,
+        last_alert    TEXT,
+        opened_at     TEXT,
+        reason        TEXT,
+        PRIMARY KEY (host, fix)
+    );
+    CREATE TABLE approvals (
+        id          TEXT PRIMARY KEY,
+        run_id      TEXT NOT NULL,
+        slot        TEXT NOT NULL,
+        host        TEXT NOT NULL,
+        fix         TEXT NOT NULL,
+        alert       TEXT,
+        state       TEXT NOT NULL,
+        reasons     TEXT NOT NULL,
+        preview     TEXT NOT NULL,
+        digest      TEXT NOT NULL,
+        created     TEXT NOT NULL,
+        expires     TEXT NOT NULL,
+        decided_by  TEXT,
+        decided_at  TEXT,
+        result_run  TEXT
+    );
+    CREATE INDEX approvals_state ON approvals (state, created);
+    CREATE TABLE journal (
+        run_id      TEXT NOT NULL,
+        slot        TEXT NOT NULL,
+        host        TEXT NOT NULL,
+        fix         TEXT NOT NULL,
+        phase       TEXT NOT NULL,
+        owner       TEXT NOT NULL,
+        started     TEXT NOT NULL,
+        updated     TEXT NOT NULL,
+        data        TEXT NOT NULL,
+        PRIMARY KEY (run_id, slot)
+    );
+    """,
+}
+
+
+class StateError(VerisError):
+    """The state store cannot be opened, migrated or written (exit 6)."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat()
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def process_owner() -> str:
+    """Who holds a lease or a journal entry: ``host:pid``, checkable for liveness."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str) -> bool:
+    """False only when the owner is provably gone (same machine, no such process)."""
+    machine, _, pid = owner.rpartition(":")
+    if machine != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's process: only its lease's TTL can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def operator() -> str:
+    """The person (or service account) behind this process, for brake and approval records."""
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"
+
+
+# -- typed rows -------------------------------------------------------------------------
+
+
+class BrakeState(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reason: str
+    by: str
+    source: Literal["operator", "latch"]
+    since: datetime
+
+    def describe(self) -> str:
+        who = "latched automatically" if self.source == "latch" else f"engaged by {self.by}"
+        return f"{who} at {self.since:%Y-%m-%d %H:%M:%S} UTC: {self.reason}"
+
+
+class Lease(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str
+    owner: str
+    run_id: str
+    acquired: datetime
+    expires: datetime
+
+
+class HistoryEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ts: datetime
+    host: str
+    fix: str
+    outcome: str
+    run_id: str | None
+    alert: str | None
+
+
+BreakerPhase = Literal["closed", "open", "half_open"]
+
+
+class BreakerRow(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str
+    fix: str
+    state: BreakerPhase = "closed"
+    failures: int = 0
+    ineffective: int = 0
+    streak: int = 0
+    last_fix_at: datetime | None = None
+    last_outcome: str | None = None
+    last_alert: str | None = None
+    opened_at: datetime | None = None
+    reason: str | None = None
+
+
+ApprovalState = Literal["pending", "approved", "rejected", "expired", "superseded", "resolved"]
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    run_id: str
+    slot: str
+    host: str
+    fix: str
+    alert: str | None
+    state: ApprovalState
+    reasons: tuple[str, ...]
+    preview: tuple[dict[str, str], ...]
+    digest: str
+    created: datetime
+    expires: datetime
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    result_run: str | None = None
+
+
+class JournalEntry(BaseModel):
+    """A remediation past its snapshot and not yet finished: what crash recovery reads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    slot: str
+    host: str
+    fix: str
+    phase: str
+    owner: str
+    started: datetime
+    updated: datetime
+    data: dict[str, Any]
+
+
+# -- the store ----------------------------------------------------------------------------
+
+
+class StateStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "state.db"
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        # A connection must not cross fork(); reopen in a child process.
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fresh = not self.path.exists()
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            if fresh:
+                os.chmod(self.path, 0o600)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the state store {self.path}: {exc}") from exc
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"the state store {self.path} has schema {version}, newer than this "
+                    f"veris-remediate understands ({SCHEMA_VERSION}); upgrade it"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StateError(f"the state store {self.path} is unavailable: {exc}") from exc
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot write the state store {self.path}: {exc}") from exc
+
+    def _rows(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._connect().execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the state store {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def schema_version(self) -> int:
+        return int(self._rows("PRAGMA user_version")[0][0])
+
+    # -- brake ------------------------------------------------------------------------
+
+    def brake(self) -> BrakeState | None:
+        rows = self._rows("SELECT reason, by, source, since FROM brake WHERE id = 1")
+        if not rows:
+            return None
+        return BrakeState(**dict(rows[0]))
+
+    def engage_brake(self, reason: str, *, by: str, source: Literal["operator", "latch"]) -> bool:
+        """Engage; False when it already was (the first reason is kept)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO brake (id, reason, by, source, since) "
+                "VALUES (1, ?, ?, ?, ?)",
+                (reason, by, source, _iso(now())),
+            )
+            return cur.rowcount == 1
+
+    def release_brake(self) -> BrakeState | None:
+        """Release; returns what was engaged, or None when nothing was."""
+        with self._tx() as db:
+            row = db.execute("SELECT reason, by, source, since FROM brake WHERE id = 1").fetchone()
+            db.execute("DELETE FROM brake")
+        return BrakeState(**dict(row)) if row else None
+
+    # -- host leases ------------------------------------------------------------------
+
+    def acquire_lease(self, host: str, run_id: str, ttl: int) -> Lease | None:
+        """Take ``host`` for this process; None when a live holder has it.
+
+        An expired lease, or one whose holder is a process of this machine that no
+        longer exists (SIGKILLed), is reclaimed.
+        """
+        me = process_owner()
+        t = now()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM leases WHERE host = ?", (host,)).fetchone()
+            if row is not None:
+                held = Lease(**dict(row))
+                if held.expires > t and owner_alive(held.owner) and held.owner != me:
+                    return None
+            lease = Lease(
+                host=host, owner=me, run_id=run_id, acquired=t, expires=t + timedelta(seconds=ttl)
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO leases (host, owner, run_id, acquired, expires) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (host, me, run_id, _iso(lease.acquired), _iso(lease.expires)),
+            )
+        return lease
+
+    def renew_lease(self, host: str, ttl: int) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE leases SET expires = ? WHERE host = ? AND owner = ?",
+                (_iso(now() + timedelta(seconds=ttl)), host, process_owner()),
+            )
+            return cur.rowcount == 1
+
+    def release_lease(self, host: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM leases WHERE host = ? AND owner = ?", (host, process_owner()))
+
+    def lease(self, host: str) -> Lease | None:
+        rows = self._rows("SELECT * FROM leases WHERE host = ?", (host,))
+        return Lease(**dict(rows[0])) if rows else None
+
+    # -- history ----------------------------------------------------------------------
+
+    def add_history(
+        self, host: str, fix: str, outcome: str, *, run_id: str | None, alert: str | None
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO history (ts, host, fix, outcome, run_id, alert) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (_iso(now()), host, fix, outcome, run_id, alert),
+            )
+
+    def history(
+        self, *, host: str | None = None, fix: str | None = None, since: datetime | None = None
+    ) -> list[HistoryEntry]:
+        sql, args = "SELECT ts, host, fix, outcome, run_id, alert FROM history WHERE 1=1", []
+        for column, value in (("host", host), ("fix", fix)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        if since is not None:
+            sql += " AND ts >= ?"
+            args.append(_iso(since))
+        return [HistoryEntry(**dict(r)) for r in self._rows(sql + " ORDER BY id", args)]
+
+    # -- breaker ----------------------------------------------------------------------
+
+    def breaker(self, host: str, fix: str) -> BreakerRow:
+        rows = self._rows("SELECT * FROM breaker WHERE host = ? AND fix = ?", (host, fix))
+        return BreakerRow(**dict(rows[0])) if rows else BreakerRow(host=host, fix=fix)
+
+    def breakers(self) -> list[BreakerRow]:
+        return [BreakerRow(**dict(r)) for r in self._rows("SELECT * FROM breaker ORDER BY host")]
+
+    def put_breaker(self, row: BreakerRow) -> None:
+        data = row.model_dump()
+        for key in ("last_fix_at", "opened_at"):
+            data[key] = _iso(data[key]) if data[key] else None
+        columns = ", ".join(data)
+        marks = ", ".join("?" for _ in data)
+        with self._tx() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO breaker ({columns}) VALUES ({marks})",  # noqa: S608
+                tuple(data.values()),
+            )
+
+    def reset_breaker(self, host: str, fix: str | None = None) -> int:
+        with self._tx() as db:
+            if fix is None:
+                return db.execute("DELETE FROM breaker WHERE host = ?", (host,)).rowcount
+            return db.execute(
+                "DELETE FROM breaker WHERE host = ? AND fix = ?", (host, fix)
+            ).rowcount
+
+    # -- approvals --------------------------------------------------------------------
+
+    def add_approval(self, approval: Approval) -> None:
+        with self._tx() as db:
+            # A newer request for the same host and fix replaces an older pending one.
+            db.execute(
+                "UPDATE approvals SET state = 'superseded', decided_at = ? "
+                "WHERE host = ? AND fix = ? AND state = 'pending'",
+                (_iso(now()), approval.host, approval.fix),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO approvals (id, run_id, slot, host, fix, alert, state, "
+                "reasons, preview, digest, created, expires, decided_by, decided_at, result_run) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    approval.id, approval.run_id, approval.slot, approval.host, approval.fix,
+                    approval.alert, approval.state, json.dumps(list(approval.reasons)),
+                    json.dumps(list(approval.preview)), approval.digest,
+                    _iso(approval.created), _iso(approval.expires), approval.decided_by,
+                    _iso(approval.decided_at) if approval.decided_at else None,
+                    approval.result_run,
+                ),
+            )  # fmt: skip
+
+    def _approval(self, row: sqlite3.Row) -> Approval:
+        data = dict(row)
+        data["reasons"] = tuple(json.loads(data["reasons"]))
+        data["preview"] = tuple(json.loads(data["preview"]))
+        return Approval(**data)
+
+    def expire_approvals(self) -> int:
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE approvals SET state = 'expired', decided_at = ? "
+                "WHERE state = 'pending' AND expires < ?",
+                (_iso(now()), _iso(now())),
+            ).rowcount
+
+    def approvals(self, state: ApprovalState | None = None) -> list[Approval]:
+        self.expire_approvals()
+        if state is None:
+            rows = self._rows("SELECT * FROM approvals ORDER BY created")
+        else:
+            rows = self._rows("SELECT * FROM approvals WHERE state = ? ORDER BY created", (state,))
+        return [self._approval(r) for r in rows]
+
+    def approval(self, approval_id: str) -> Approval | None:
+        self.expire_approvals()
+        rows = self._rows("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+        return self._approval(rows[0]) if rows else None
+
+    def approvals_of_run(self, run_id: str) -> list[Approval]:
+        self.expire_approvals()
+        rows = self._rows("SELECT * FROM approvals WHERE run_id = ? ORDER BY id", (run_id,))
+        return [self._approval(r) for r in rows]
+
+    def decide_approval(
+        self,
+        approval_id: str,
+        state: ApprovalState,
+        *,
+        by: str,
+        result_run: str | None = None,
+        expect: ApprovalState = "pending",
+    ) -> bool:
+        """Move an approval from ``expect`` to ``state``; False if it was not in ``expect``."""
+        with self._tx() as db:
+            return (
+                db.execute(
+                    "UPDATE approvals SET state = ?, decided_by = ?, decided_at = ?, "
+                    "result_run = COALESCE(?, result_run) WHERE id = ? AND state = ?",
+                    (state, by, _iso(now()), result_run, approval_id, expect),
+                ).rowcount
+                == 1
+            )
+
+    # -- the journal of remediations in flight ------------------------------------------
+
+    def journal_begin(
+        self, run_id: str, slot: str, host: str, fix: str, phase: str, data: dict[str, Any]
+    ) -> None:
+        t = _iso(now())
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO journal "
+                "(run_id, slot, host, fix, phase, owner, started, updated, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, slot, host, fix, phase, process_owner(), t, t, json.dumps(data)),
+            )
+
+    def journal_update(
+        self, run_id: str, slot: str, phase: str, data: dict[str, Any] | None = None
+    ) -> None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT data FROM journal WHERE run_id = ? AND slot = ?", (run_id, slot)
+            ).fetchone()
+            if row is None:
+                return
+            merged = {**json.loads(row["data"]), **(data or {})}
+            db.execute(
+                "UPDATE journal SET phase = ?, updated = ?, data = ? WHERE run_id = ? AND slot = ?",
+                (phase, _iso(now()), json.dumps(merged), run_id, slot),
+            )
+
+    def journal_end(self, run_id: str, slot: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM journal WHERE run_id = ? AND slot = ?", (run_id, slot))
+
+    def journal(self) -> list[JournalEntry]:
+        rows = self._rows("SELECT * FROM journal ORDER BY started")
+        out = []
+        for r in rows:
+            data = dict(r)
+            data["data"] = json.loads(data["data"])
+            out.append(JournalEntry(**data))
+        return out
+
+    def orphans(self, lease_ttl: int) -> list[JournalEntry]:
+        """Journal entries whose process is gone: the run was cut short."""
+        stale = now() - timedelta(seconds=lease_ttl)
+        return [e for e in self.journal() if not owner_alive(e.owner) or e.updated < stale]
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """Exposed for callers reading timestamps the store wrote."""
+    return _when(text)
