@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from .alerts import Alert, AlertBatch, parse_payload
+from .alerts import MAX_PAYLOAD_BYTES, Alert, AlertBatch, parse_payload
 from .audit import AuditLog
 from .baselines import BaselineEntry, BaselineResult, BaselineStore
 from .causes import synthesize
@@ -20,7 +21,7 @@ from .decision import Action, Decision, Outcome, decide
 from .events import HostSummary, RunSummary
 from .exceptions import EscalatedError, NoRuleError, RejectedError, UsageError, VerisError
 from .fixes import FixCatalog, FixSpec, load_fixes
-from .guards import Guards, HostBusy, preview_digest
+from .guards import Guards, HostBusy, incident_key, preview_digest
 from .inventory import Inventory, load_inventory
 from .planner import (
     PlaybookStep,
@@ -43,6 +44,27 @@ from .verify import assess_apply, assess_rollback, findings, taken_snapshot
 from .workspace import History, Workspace
 
 Mode = Literal["handle", "check_only", "diagnose"]
+# What a payload may be handed in as (see ``payload_bytes``).
+Payload = bytes | str | Mapping[str, Any] | os.PathLike[str]
+
+
+def payload_bytes(payload: Payload) -> bytes:
+    """The payload's bytes: JSON text, bytes, a decoded mapping, or a file path to read."""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode()
+    if isinstance(payload, Mapping):
+        return json.dumps(payload).encode()
+    if isinstance(payload, os.PathLike):
+        try:
+            with open(payload, "rb") as fh:
+                return fh.read(MAX_PAYLOAD_BYTES + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read the payload file {payload}: {exc.strerror}") from exc
+    raise UsageError(
+        f"a payload is JSON text, bytes, a mapping or a path, not {type(payload).__name__}"
+    )
 
 
 @dataclass(frozen=True)
@@ -178,8 +200,8 @@ class Remediator:
             self._rules = load_rules(self.settings.rules_file, self.fixes)
         return self._rules
 
-    def _intake(self, run_id: str, payload: bytes | str) -> AlertBatch:
-        raw = payload.encode() if isinstance(payload, str) else payload
+    def _intake(self, run_id: str, payload: Payload) -> AlertBatch:
+        raw = payload_bytes(payload)
         self.audit.append(
             "alert.received",
             {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()},
@@ -235,11 +257,24 @@ class Remediator:
 
     # -- public API ---------------------------------------------------------------
 
-    def handle(self, payload: bytes | str, *, check_only: bool = False) -> RunReport:
-        """The whole loop for one payload (one Alertmanager group, one Sentinel check…)."""
-        return self._process(payload, mode="check_only" if check_only else "handle")
+    def handle(
+        self,
+        payload: Payload,
+        *,
+        check_only: bool = False,
+        only: Collection[str] | None = None,
+    ) -> RunReport:
+        """The whole loop for one payload (one Alertmanager group, one Sentinel check…).
 
-    def diagnose(self, payload: bytes | str) -> RunReport:
+        ``payload``: JSON text (``str``), raw ``bytes``, an already-decoded mapping, or a
+        path (``pathlib.Path`` / ``os.PathLike``) to a file holding it. ``only``: incident
+        keys (``guards.incident_key``) to act on; other firing alerts of the payload are
+        left alone (``serve`` queues each incident on its own).
+        """
+        mode: Mode = "check_only" if check_only else "handle"
+        return self._process(payload, mode=mode, only=only)
+
+    def diagnose(self, payload: Payload) -> RunReport:
         """Read-only diagnosis of every firing alert; nothing is changed."""
         return self._process(payload, mode="diagnose")
 
@@ -283,13 +318,13 @@ class Remediator:
 
         return recover_orphans(self)
 
-    def routes(self, payload: bytes | str, run_id: str) -> list[Route]:
+    def routes(self, payload: Payload, run_id: str) -> list[Route]:
         """The routes a payload takes now (what ``approve``, ``rollback`` and recovery redo)."""
-        batch = parse_payload(payload.encode() if isinstance(payload, str) else payload)
+        batch = parse_payload(payload_bytes(payload))
         routes, _ = self._route_all(run_id, batch.firing)
         return routes
 
-    def plan(self, payload: bytes | str) -> list[RemediationPlan]:
+    def plan(self, payload: Payload) -> list[RemediationPlan]:
         """The plans a payload would run, without running anything."""
         run_id = self.workspace.new_run_id()
         batch = self._intake(run_id, payload)
@@ -314,7 +349,12 @@ class Remediator:
     # -- the loop -----------------------------------------------------------------
 
     def _process(
-        self, payload: bytes | str, *, mode: Mode, approval: Approval | None = None
+        self,
+        payload: Payload,
+        *,
+        mode: Mode,
+        approval: Approval | None = None,
+        only: Collection[str] | None = None,
     ) -> RunReport:
         if mode == "handle" and approval is None:
             self.recover()  # runs a killed process left half-done come first
@@ -327,11 +367,15 @@ class Remediator:
             with head.timed("intake"):
                 batch = self._intake(run_id, payload)
             source = batch.source
+            if only is not None:
+                batch = batch.model_copy(
+                    update={"firing": tuple(a for a in batch.firing if incident_key(a) in only)}
+                )
             with head.timed("route") as ph:
                 routes, refused = self._route_all(run_id, batch.firing)
                 results += refused
                 ph["detail"] = f"{len(routes)} remediation(s), {len(batch.resolved)} resolved"
-            self.workspace.save_payload(run_id, payload)
+            self.workspace.save_payload(run_id, payload_bytes(payload))
             for alert in batch.resolved:
                 self._cleared(run_id, alert)
             if not batch.firing:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .exceptions import VerisError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -98,6 +98,26 @@ _MIGRATIONS: dict[int, str] = {
         data        TEXT NOT NULL,
         PRIMARY KEY (run_id, slot)
     );
+    """,
+    2: """
+    CREATE TABLE queue (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        incident    TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        host        TEXT,
+        status      TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        received    TEXT NOT NULL,
+        started     TEXT,
+        finished    TEXT,
+        owner       TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        run_id      TEXT,
+        outcome     TEXT,
+        error       TEXT
+    );
+    CREATE UNIQUE INDEX queue_incident ON queue (incident);
+    CREATE INDEX queue_status ON queue (status, id);
     """,
 }
 
@@ -237,10 +257,172 @@ class JournalEntry(BaseModel):
     data: dict[str, Any]
 
 
+QueueStatus = Literal["queued", "running", "done", "cancelled", "failed"]
+
+
+class QueueEntry(BaseModel):
+    """One accepted incident waiting for (or under) remediation: accepted is never lost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: int
+    incident: str
+    fingerprint: str
+    host: str | None
+    status: QueueStatus
+    payload: bytes
+    received: datetime
+    started: datetime | None = None
+    finished: datetime | None = None
+    owner: str | None = None
+    attempts: int = 0
+    run_id: str | None = None
+    outcome: str | None = None
+    error: str | None = None
+
+
+class QueueStats(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queued: int
+    running: int
+    oldest_queued_seconds: float
+
+
+def _queue_entry(row: sqlite3.Row) -> QueueEntry:
+    return QueueEntry(**dict(row))
+
+
+class _QueueMixin:
+    """The durable intake queue of ``serve``: one row per incident (fingerprint + start).
+
+    The unique incident key is the deduplication: Alertmanager HA pairs, retries and
+    repeat-interval re-sends of one incident insert nothing new.
+    """
+
+    _tx: Any
+    _rows: Any
+
+    def enqueue(
+        self, incident: str, fingerprint: str, host: str | None, payload: bytes, *, limit: int
+    ) -> Literal["queued", "duplicate", "full"]:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM queue WHERE incident = ?", (incident,)).fetchone():
+                return "duplicate"
+            depth = db.execute(
+                "SELECT COUNT(*) FROM queue WHERE status IN ('queued', 'running')"
+            ).fetchone()[0]
+            if depth >= limit:
+                return "full"
+            db.execute(
+                "INSERT INTO queue (incident, fingerprint, host, status, payload, received) "
+                "VALUES (?, ?, ?, 'queued', ?, ?)",
+                (incident, fingerprint, host, payload, _iso(now())),
+            )
+            return "queued"
+
+    def claim(self) -> QueueEntry | None:
+        """The oldest queued incident whose host has nothing running (per-host order)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM queue q WHERE status = 'queued' AND (host IS NULL OR NOT EXISTS "
+                "(SELECT 1 FROM queue r WHERE r.status = 'running' AND r.host = q.host)) "
+                "AND NOT EXISTS (SELECT 1 FROM queue e WHERE e.status = 'queued' "
+                "AND e.host = q.host AND e.id < q.id) ORDER BY id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE queue SET status = 'running', started = ?, owner = ?, "
+                "attempts = attempts + 1 WHERE id = ?",
+                (_iso(now()), process_owner(), row["id"]),
+            )
+            claimed = db.execute("SELECT * FROM queue WHERE id = ?", (row["id"],)).fetchone()
+        return _queue_entry(claimed)
+
+    def finish(
+        self,
+        entry_id: int,
+        status: QueueStatus,
+        *,
+        run_id: str | None = None,
+        outcome: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE queue SET status = ?, finished = ?, run_id = ?, outcome = ?, error = ? "
+                "WHERE id = ?",
+                (status, _iso(now()), run_id, outcome, error, entry_id),
+            )
+
+    def requeue(self, entry_id: int, error: str) -> None:
+        """Back to the queue (a deferred host, a crash): it runs again later."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE queue SET status = 'queued', owner = NULL, error = ? WHERE id = ?",
+                (error, entry_id),
+            )
+
+    def cancel_queued(self, fingerprint: str) -> list[int]:
+        """A resolved notification: queued work for that alert is not needed any more."""
+        with self._tx() as db:
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM queue WHERE fingerprint = ? AND status = 'queued'",
+                    (fingerprint,),
+                ).fetchall()
+            ]
+            db.execute(
+                "UPDATE queue SET status = 'cancelled', finished = ?, error = 'resolved' "
+                "WHERE fingerprint = ? AND status = 'queued'",
+                (_iso(now()), fingerprint),
+            )
+        return ids
+
+    def recover_queue(self) -> int:
+        """On start: work a dead process was running goes back to the queue."""
+        with self._tx() as db:
+            rows = db.execute("SELECT id, owner FROM queue WHERE status = 'running'").fetchall()
+            dead = [r["id"] for r in rows if r["owner"] is None or not owner_alive(r["owner"])]
+            for entry_id in dead:
+                db.execute(
+                    "UPDATE queue SET status = 'queued', owner = NULL, "
+                    "error = 'requeued after its process died' WHERE id = ?",
+                    (entry_id,),
+                )
+        return len(dead)
+
+    def queue_entry(self, entry_id: int) -> QueueEntry | None:
+        rows = self._rows("SELECT * FROM queue WHERE id = ?", (entry_id,))
+        return _queue_entry(rows[0]) if rows else None
+
+    def queue_entries(self, status: QueueStatus | None = None) -> list[QueueEntry]:
+        if status is None:
+            return [_queue_entry(r) for r in self._rows("SELECT * FROM queue ORDER BY id")]
+        rows = self._rows("SELECT * FROM queue WHERE status = ? ORDER BY id", (status,))
+        return [_queue_entry(r) for r in rows]
+
+    def queue_stats(self) -> QueueStats:
+        rows = self._rows(
+            "SELECT status, COUNT(*) AS n, MIN(received) AS oldest FROM queue "
+            "WHERE status IN ('queued', 'running') GROUP BY status"
+        )
+        counts = {r["status"]: r["n"] for r in rows}
+        oldest = next((r["oldest"] for r in rows if r["status"] == "queued"), None)
+        age = (now() - datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
+        return QueueStats(
+            queued=counts.get("queued", 0),
+            running=counts.get("running", 0),
+            oldest_queued_seconds=age,
+        )
+
+
 # -- the store ----------------------------------------------------------------------------
 
 
-class StateStore:
+class StateStore(_QueueMixin):
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "state.db"
         self._conn: sqlite3.Connection | None = None
@@ -286,6 +468,10 @@ class StateStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``) for callers composing their own."""
+        return self._tx()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
