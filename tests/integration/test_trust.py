@@ -236,3 +236,26 @@ def test_a_service_that_dies_after_every_restart_opens_the_breaker(
     assert [(b["host"], b["fix"], b["state"]) for b in status] == [
         (nginx_stopped, "service_restart", "open")
     ]
+
+
+def test_a_fix_run_logs_in_with_a_certificate_made_for_it(
+    lab: LabHandle, nginx_stopped: str, state_dir: Path
+) -> None:
+    env = {**os.environ, "VERIS_SSH_CA_KEY": str(lab.lab.ssh_ca_key())}
+    proc = subprocess.run(
+        [sys.executable, "-m", "veris_remediate", "--state-dir", str(state_dir),
+         "handle", "-", "-i", str(lab.inventory), "--json"],
+        input=_payload(lab, 7), capture_output=True, text=True, env=env, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id = json.loads(proc.stdout)["run_id"]
+    # sshd names the certificate it accepted: the one signed for this run, and no other key.
+    journal = lab.ssh(
+        nginx_stopped, "journalctl", "-u", "ssh.service", "--no-pager", "-o", "cat"
+    ).stdout
+    accepted = [line for line in journal.splitlines() if f"ID {run_id} " in line]
+    assert accepted, "sshd logged no login with this run's certificate"
+    assert all("Accepted publickey" in line and "CERT" in line for line in accepted)
+    # The certificate's key is gone with the remediation.
+    assert not any((state_dir / "runs" / run_id / "ssh").rglob("*cert*"))
