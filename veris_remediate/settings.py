@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic import ValidationError as PydanticValidationError
 
 from .exceptions import UsageError
@@ -50,6 +50,29 @@ class Settings(BaseModel):
     audit_journal: bool = False
     ssh_ca_key: Path | None = None
     ssh_cert_minutes: int = Field(default=15, ge=1, le=15)
+    # postgresql://… puts the state store in PostgreSQL (several receivers, one estate);
+    # unset, it is SQLite in the state dir.
+    state_url: str | None = None
+    # Outgoing notifications (docs/OBSERVABILITY.md): comma-separated ``kind=url`` entries,
+    # kind generic or slack. Secret: a Slack webhook URL is its own credential.
+    notify_urls: SecretStr = SecretStr("")
+    notify_token_file: Path | None = None  # bearer token for generic targets (0600 file)
+    notify_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    notify_retries: int = Field(default=5, ge=0, le=20)
+    notify_backoff_seconds: float = Field(default=1.0, ge=0, le=60)
+    notify_backoff_max_seconds: float = Field(default=60.0, ge=0, le=3600)
+    notify_queue_size: int = Field(default=100, ge=1, le=10000)
+    # ``serve``, the webhook receiver (README "serve"; docs/SCALING.md). The token is a
+    # secret: from VERIS_SERVE_TOKEN or, better, a 0600 file.
+    serve_listen: str = "127.0.0.1:9095"
+    serve_token: SecretStr = SecretStr("")
+    serve_token_file: Path | None = None
+    serve_workers: int = Field(default=2, ge=1, le=32)
+    serve_queue_limit: int = Field(default=1000, ge=1, le=1_000_000)
+    serve_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1_048_576)
+    serve_request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    serve_drain_seconds: int = Field(default=120, ge=0, le=3600)
+    serve_dedupe_window_seconds: int = Field(default=300, ge=1, le=86_400)
 
 
 # Every environment variable the library reads, and the Settings field it sets.
@@ -79,6 +102,23 @@ ENV_MAP: Mapping[str, str] = {
     "VERIS_AUDIT_JOURNAL": "audit_journal",
     "VERIS_SSH_CA_KEY": "ssh_ca_key",
     "VERIS_SSH_CERT_MINUTES": "ssh_cert_minutes",
+    "VERIS_STATE_URL": "state_url",
+    "VERIS_NOTIFY_URLS": "notify_urls",
+    "VERIS_NOTIFY_TOKEN_FILE": "notify_token_file",
+    "VERIS_NOTIFY_TIMEOUT_SECONDS": "notify_timeout_seconds",
+    "VERIS_NOTIFY_RETRIES": "notify_retries",
+    "VERIS_NOTIFY_BACKOFF_SECONDS": "notify_backoff_seconds",
+    "VERIS_NOTIFY_BACKOFF_MAX_SECONDS": "notify_backoff_max_seconds",
+    "VERIS_NOTIFY_QUEUE_SIZE": "notify_queue_size",
+    "VERIS_SERVE_LISTEN": "serve_listen",
+    "VERIS_SERVE_TOKEN": "serve_token",
+    "VERIS_SERVE_TOKEN_FILE": "serve_token_file",
+    "VERIS_SERVE_WORKERS": "serve_workers",
+    "VERIS_SERVE_QUEUE_LIMIT": "serve_queue_limit",
+    "VERIS_SERVE_MAX_BODY_BYTES": "serve_max_body_bytes",
+    "VERIS_SERVE_REQUEST_TIMEOUT_SECONDS": "serve_request_timeout_seconds",
+    "VERIS_SERVE_DRAIN_SECONDS": "serve_drain_seconds",
+    "VERIS_SERVE_DEDUPE_WINDOW_SECONDS": "serve_dedupe_window_seconds",
 }
 
 
