@@ -12,8 +12,13 @@ die() { echo "setup: $*" >&2; exit 1; }
 # Controller packages: the lab (debootstrap, systemd-nspawn, ip, iptables), ssh, and the
 # real alerting stack the demo and tests run on loopback (Prometheus, Alertmanager, blackbox).
 STACK_PACKAGES=(prometheus prometheus-alertmanager prometheus-blackbox-exporter)
+# PostgreSQL server binaries: tests/pgserver.py runs throwaway clusters for the shared state store.
+STATE_PACKAGES=(postgresql)
+# Headless Chromium: tests/integration/test_report_html.py reads the HTML report in it.
+REPORT_PACKAGES=(chromium)
 APT_PACKAGES=(debootstrap systemd-container iptables iproute2 openssh-client python3-venv
-              ca-certificates "${STACK_PACKAGES[@]}")
+              ca-certificates "${STACK_PACKAGES[@]}" "${STATE_PACKAGES[@]}"
+              "${REPORT_PACKAGES[@]}")
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,6 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus prometheus-alertmanager prometheus-blackbox-exporter \
       >/dev/null 2>&1 || true
+    systemctl disable --now postgresql >/dev/null 2>&1 || true
   fi
 fi
 

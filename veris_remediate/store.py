@@ -1,13 +1,17 @@
-"""The state store: one SQLite database (WAL) in the state dir, safe across processes.
+"""The state store: everything the guards remember, in one database shared by processes.
 
-Everything the guards remember lives here, behind this one module: the brake, host
-leases, fix history, the restart-storm breaker, pending approvals and the journal of
-remediations in flight (what crash recovery reads). Run artifacts and reports stay
-files under ``runs/``.
+The brake, host leases, fix history, the restart-storm breaker, pending approvals, the
+journal of remediations in flight (what crash recovery reads) and the intake queue of
+``serve`` live here, behind this one module. By default the database is SQLite (WAL) in the
+state dir; with ``VERIS_STATE_URL=postgresql://…`` it is PostgreSQL, so several receivers,
+on one machine or several, share one estate. Run artifacts and reports stay files under
+``runs/``.
 
-Every write is one ``BEGIN IMMEDIATE`` transaction, so two processes never interleave a
-read-modify-write. The schema carries its version (``PRAGMA user_version``) and is
-migrated forward on open; a database newer than this code is refused.
+Every write is one transaction that excludes every other writer of the estate
+(``statedb.py`` says how, on each database), so two processes never interleave a
+read-modify-write: one of them wins a lease, one of them queues an incident. The schema
+carries its version and is migrated forward on open; a database newer than this code is
+refused.
 """
 
 from __future__ import annotations
@@ -16,114 +20,19 @@ import contextlib
 import json
 import os
 import socket
-import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .exceptions import VerisError
+from .statedb import SCHEMA_VERSION as SCHEMA_VERSION  # noqa: PLC0414 (re-exported)
+from .statedb import Db, Row, open_database
+from .statedb import StateError as StateError  # noqa: PLC0414 (re-exported)
 
-SCHEMA_VERSION = 2
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE brake (
-        id      INTEGER PRIMARY KEY CHECK (id = 1),
-        reason  TEXT NOT NULL,
-        by      TEXT NOT NULL,
-        source  TEXT NOT NULL,
-        since   TEXT NOT NULL
-    );
-    CREATE TABLE leases (
-        host     TEXT PRIMARY KEY,
-        owner    TEXT NOT NULL,
-        run_id   TEXT NOT NULL,
-        acquired TEXT NOT NULL,
-        expires  TEXT NOT NULL
-    );
-    CREATE TABLE history (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts          TEXT NOT NULL,
-        host        TEXT NOT NULL,
-        fix         TEXT NOT NULL,
-        outcome     TEXT NOT NULL,
-        run_id      TEXT,
-        alert       TEXT
-    );
-    CREATE INDEX history_host_fix ON history (host, fix, ts);
-    CREATE TABLE breaker (
-        host          TEXT NOT NULL,
-        fix           TEXT NOT NULL,
-        state         TEXT NOT NULL,
-        failures      INTEGER NOT NULL DEFAULT 0,
-        ineffective   INTEGER NOT NULL DEFAULT 0,
-        streak        INTEGER NOT NULL DEFAULT 0,
-        last_fix_at   TEXT,
-        last_outcome  TEXT,
-        last_alert    TEXT,
-        opened_at     TEXT,
-        reason        TEXT,
-        PRIMARY KEY (host, fix)
-    );
-    CREATE TABLE approvals (
-        id          TEXT PRIMARY KEY,
-        run_id      TEXT NOT NULL,
-        slot        TEXT NOT NULL,
-        host        TEXT NOT NULL,
-        fix         TEXT NOT NULL,
-        alert       TEXT,
-        state       TEXT NOT NULL,
-        reasons     TEXT NOT NULL,
-        preview     TEXT NOT NULL,
-        digest      TEXT NOT NULL,
-        created     TEXT NOT NULL,
-        expires     TEXT NOT NULL,
-        decided_by  TEXT,
-        decided_at  TEXT,
-        result_run  TEXT
-    );
-    CREATE INDEX approvals_state ON approvals (state, created);
-    CREATE TABLE journal (
-        run_id      TEXT NOT NULL,
-        slot        TEXT NOT NULL,
-        host        TEXT NOT NULL,
-        fix         TEXT NOT NULL,
-        phase       TEXT NOT NULL,
-        owner       TEXT NOT NULL,
-        started     TEXT NOT NULL,
-        updated     TEXT NOT NULL,
-        data        TEXT NOT NULL,
-        PRIMARY KEY (run_id, slot)
-    );
-    """,
-    2: """
-    CREATE TABLE queue (
-        id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        incident    TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        host        TEXT,
-        status      TEXT NOT NULL,
-        payload     BLOB NOT NULL,
-        received    TEXT NOT NULL,
-        started     TEXT,
-        finished    TEXT,
-        owner       TEXT,
-        attempts    INTEGER NOT NULL DEFAULT 0,
-        run_id      TEXT,
-        outcome     TEXT,
-        error       TEXT
-    );
-    CREATE UNIQUE INDEX queue_incident ON queue (incident);
-    CREATE INDEX queue_status ON queue (status, id);
-    """,
-}
-
-
-class StateError(VerisError):
-    """The state store cannot be opened, migrated or written (exit 6)."""
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 def now() -> datetime:
@@ -289,8 +198,24 @@ class QueueStats(BaseModel):
     oldest_queued_seconds: float
 
 
-def _queue_entry(row: sqlite3.Row) -> QueueEntry:
+def _queue_entry(row: Row) -> QueueEntry:
     return QueueEntry(**dict(row))
+
+
+def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """``INSERT … ON CONFLICT (key) DO UPDATE``: a whole-row replace both databases run."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 (names are ours, not data)
+        f"VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
+
+
+_LEASE_UPSERT = _upsert("leases", ("host", "owner", "run_id", "acquired", "expires"), ("host",))
+_BREAKER_UPSERT = _upsert("breaker", tuple(BreakerRow.model_fields), ("host", "fix"))
+_APPROVAL_UPSERT = _upsert("approvals", tuple(Approval.model_fields), ("id",))
+_JOURNAL_UPSERT = _upsert("journal", tuple(JournalEntry.model_fields), ("run_id", "slot"))
 
 
 class _QueueMixin:
@@ -310,16 +235,17 @@ class _QueueMixin:
             if db.execute("SELECT 1 FROM queue WHERE incident = ?", (incident,)).fetchone():
                 return "duplicate"
             depth = db.execute(
-                "SELECT COUNT(*) FROM queue WHERE status IN ('queued', 'running')"
-            ).fetchone()[0]
-            if depth >= limit:
+                "SELECT COUNT(*) AS n FROM queue WHERE status IN ('queued', 'running')"
+            ).fetchone()
+            if depth is not None and depth["n"] >= limit:
                 return "full"
-            db.execute(
+            # The unique index is the last word, should a writer ever get past the check.
+            inserted = db.execute(
                 "INSERT INTO queue (incident, fingerprint, host, status, payload, received) "
-                "VALUES (?, ?, ?, 'queued', ?, ?)",
+                "VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (incident) DO NOTHING",
                 (incident, fingerprint, host, payload, _iso(now())),
             )
-            return "queued"
+            return "queued" if inserted.rowcount == 1 else "duplicate"
 
     def claim(self) -> QueueEntry | None:
         """The oldest queued incident whose host has nothing running (per-host order)."""
@@ -338,6 +264,8 @@ class _QueueMixin:
                 (_iso(now()), process_owner(), row["id"]),
             )
             claimed = db.execute("SELECT * FROM queue WHERE id = ?", (row["id"],)).fetchone()
+        if claimed is None:  # updated in this very transaction: cannot happen
+            raise StateError(f"queue entry {row['id']} vanished while being claimed")
         return _queue_entry(claimed)
 
     def finish(
@@ -368,7 +296,7 @@ class _QueueMixin:
         """A resolved notification: queued work for that alert is not needed any more."""
         with self._tx() as db:
             ids = [
-                r[0]
+                r["id"]
                 for r in db.execute(
                     "SELECT id FROM queue WHERE fingerprint = ? AND status = 'queued'",
                     (fingerprint,),
@@ -423,87 +351,43 @@ class _QueueMixin:
 
 
 class StateStore(_QueueMixin):
-    def __init__(self, state_dir: Path) -> None:
+    """The guards' memory: SQLite in ``state_dir``, or the PostgreSQL database at ``url``."""
+
+    def __init__(self, state_dir: Path, *, url: str | None = None) -> None:
         self.path = state_dir / "state.db"
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
+        self.url = url or None
+        self.backend: Literal["sqlite", "postgresql"] = "postgresql" if self.url else "sqlite"
+        self._db = open_database(state_dir, self.url)
 
-    def _connect(self) -> sqlite3.Connection:
-        # A connection must not cross fork(); reopen in a child process.
-        if self._conn is not None and self._pid == os.getpid():
-            return self._conn
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fresh = not self.path.exists()
-            conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            if fresh:
-                os.chmod(self.path, 0o600)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._migrate(conn)
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open the state store {self.path}: {exc}") from exc
-        self._conn, self._pid = conn, os.getpid()
-        return conn
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StateStore:
+        """The store the settings name: ``state_url`` (VERIS_STATE_URL) or the state dir."""
+        return cls(settings.state_dir, url=settings.state_url)
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise StateError(
-                    f"the state store {self.path} has schema {version}, newer than this "
-                    f"veris-remediate understands ({SCHEMA_VERSION}); upgrade it"
-                )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    @property
+    def where(self) -> str:
+        """Where the state lives, for people: a path, or the URL without its password."""
+        return self._db.where
 
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``) for callers composing their own."""
+    def transaction(self) -> contextlib.AbstractContextManager[Db]:
+        """One write transaction for callers composing their own, excluding every other
+        writer of the estate. Its SQL must run on both databases: ``?`` placeholders,
+        ``INSERT … ON CONFLICT`` rather than ``INSERT OR …``."""
         return self._tx()
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StateError(f"the state store {self.path} is unavailable: {exc}") from exc
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StateError(f"cannot write the state store {self.path}: {exc}") from exc
+    def _tx(self) -> Iterator[Db]:
+        with self._db.tx() as db:
+            yield db
 
-    def _rows(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
-        try:
-            return self._connect().execute(sql, tuple(args)).fetchall()
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot read the state store {self.path}: {exc}") from exc
+    def _rows(self, sql: str, args: Sequence[object] = ()) -> Sequence[Row]:
+        return self._db.rows(sql, args)
 
     def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
-            self._conn.close()
-        self._conn = None
+        self._db.close()
 
     def schema_version(self) -> int:
-        return int(self._rows("PRAGMA user_version")[0][0])
+        return self._db.schema_version()
 
     # -- brake ------------------------------------------------------------------------
 
@@ -517,8 +401,8 @@ class StateStore(_QueueMixin):
         """Engage; False when it already was (the first reason is kept)."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO brake (id, reason, by, source, since) "
-                "VALUES (1, ?, ?, ?, ?)",
+                "INSERT INTO brake (id, reason, by, source, since) "
+                "VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (reason, by, source, _iso(now())),
             )
             return cur.rowcount == 1
@@ -549,11 +433,7 @@ class StateStore(_QueueMixin):
             lease = Lease(
                 host=host, owner=me, run_id=run_id, acquired=t, expires=t + timedelta(seconds=ttl)
             )
-            db.execute(
-                "INSERT OR REPLACE INTO leases (host, owner, run_id, acquired, expires) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (host, me, run_id, _iso(lease.acquired), _iso(lease.expires)),
-            )
+            db.execute(_LEASE_UPSERT, (host, me, run_id, _iso(lease.acquired), _iso(lease.expires)))
         return lease
 
     def renew_lease(self, host: str, ttl: int) -> bool:
@@ -604,19 +484,16 @@ class StateStore(_QueueMixin):
         return BreakerRow(**dict(rows[0])) if rows else BreakerRow(host=host, fix=fix)
 
     def breakers(self) -> list[BreakerRow]:
-        return [BreakerRow(**dict(r)) for r in self._rows("SELECT * FROM breaker ORDER BY host")]
+        return [
+            BreakerRow(**dict(r)) for r in self._rows("SELECT * FROM breaker ORDER BY host, fix")
+        ]
 
     def put_breaker(self, row: BreakerRow) -> None:
         data = row.model_dump()
         for key in ("last_fix_at", "opened_at"):
             data[key] = _iso(data[key]) if data[key] else None
-        columns = ", ".join(data)
-        marks = ", ".join("?" for _ in data)
         with self._tx() as db:
-            db.execute(
-                f"INSERT OR REPLACE INTO breaker ({columns}) VALUES ({marks})",  # noqa: S608
-                tuple(data.values()),
-            )
+            db.execute(_BREAKER_UPSERT, tuple(data[c] for c in BreakerRow.model_fields))
 
     def reset_breaker(self, host: str, fix: str | None = None) -> int:
         with self._tx() as db:
@@ -637,9 +514,7 @@ class StateStore(_QueueMixin):
                 (_iso(now()), approval.host, approval.fix),
             )
             db.execute(
-                "INSERT OR REPLACE INTO approvals (id, run_id, slot, host, fix, alert, state, "
-                "reasons, preview, digest, created, expires, decided_by, decided_at, result_run) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _APPROVAL_UPSERT,
                 (
                     approval.id, approval.run_id, approval.slot, approval.host, approval.fix,
                     approval.alert, approval.state, json.dumps(list(approval.reasons)),
@@ -650,7 +525,7 @@ class StateStore(_QueueMixin):
                 ),
             )  # fmt: skip
 
-    def _approval(self, row: sqlite3.Row) -> Approval:
+    def _approval(self, row: Row) -> Approval:
         data = dict(row)
         data["reasons"] = tuple(json.loads(data["reasons"]))
         data["preview"] = tuple(json.loads(data["preview"]))
@@ -667,9 +542,11 @@ class StateStore(_QueueMixin):
     def approvals(self, state: ApprovalState | None = None) -> list[Approval]:
         self.expire_approvals()
         if state is None:
-            rows = self._rows("SELECT * FROM approvals ORDER BY created")
+            rows = self._rows("SELECT * FROM approvals ORDER BY created, id")
         else:
-            rows = self._rows("SELECT * FROM approvals WHERE state = ? ORDER BY created", (state,))
+            rows = self._rows(
+                "SELECT * FROM approvals WHERE state = ? ORDER BY created, id", (state,)
+            )
         return [self._approval(r) for r in rows]
 
     def approval(self, approval_id: str) -> Approval | None:
@@ -710,9 +587,7 @@ class StateStore(_QueueMixin):
         t = _iso(now())
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO journal "
-                "(run_id, slot, host, fix, phase, owner, started, updated, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _JOURNAL_UPSERT,
                 (run_id, slot, host, fix, phase, process_owner(), t, t, json.dumps(data)),
             )
 
@@ -736,7 +611,7 @@ class StateStore(_QueueMixin):
             db.execute("DELETE FROM journal WHERE run_id = ? AND slot = ?", (run_id, slot))
 
     def journal(self) -> list[JournalEntry]:
-        rows = self._rows("SELECT * FROM journal ORDER BY started")
+        rows = self._rows("SELECT * FROM journal ORDER BY started, run_id, slot")
         out = []
         for r in rows:
             data = dict(r)
