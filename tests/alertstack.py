@@ -3,34 +3,31 @@
 Debian's packages (``prometheus prometheus-alertmanager prometheus-blackbox-exporter``),
 each started with our own configuration and data directory under ``workdir``, listening on
 127.0.0.1 only. Prometheus probes the given lab URLs through the blackbox exporter, fires
-``HttpProbeFailed`` two seconds after a probe fails, and Alertmanager posts the group to a
-small webhook receiver in this process, with ``Authorization: Bearer <token>``.
+``HttpProbeFailed`` two seconds after a probe fails, and Alertmanager posts the group, with
+``Authorization: Bearer <token>``, to ``webhook_url``: ``veris-remediate serve``.
 
-    with AlertStack(tmp_path, ["http://198.18.1.2/"], token) as stack:
-        body = stack.wait_for_alert("firing")   # the raw Alertmanager payload
+    with AlertStack(tmp_path, ["http://198.18.1.2/"], token, serve.url) as stack:
+        stack.wait_for_deliveries(1)     # Alertmanager's own count of webhooks it sent
 
 Nothing but loopback and the lab range 198.18.0.0/15 is ever contacted. Leaving the
-``with`` block stops every daemon (SIGTERM, then SIGKILL) and the receiver, on success
-and on failure alike; the daemons also get SIGKILL if this process dies abruptly.
+``with`` block stops every daemon (SIGTERM, then SIGKILL), on success and on failure
+alike; the daemons also get SIGKILL if this process dies abruptly.
 
-As a demo: ``python -m tests.alertstack --target http://198.18.1.2/ --out FILE``.
+For the demo: ``python -m tests.alertstack --target URL --webhook URL --token-file F``
+runs the stack until SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import hmac
-import http.server
 import ipaddress
 import json
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -49,6 +46,7 @@ HOST = "127.0.0.1"
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+DEFAULT_PORTS = (19090, 19093, 19115)  # prometheus, alertmanager, blackbox exporter
 PR_SET_PDEATHSIG = 1
 
 # Never a proxy: every URL we open is on loopback.
@@ -75,6 +73,13 @@ def _die_with_parent() -> None:
     """In the child before exec: SIGKILL it if the thread that started it goes away."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _port_is_free(port: int) -> bool:
@@ -145,57 +150,10 @@ class _Daemon:
         return _tail(self.log)
 
 
-class _Receiver(http.server.ThreadingHTTPServer):
-    """Accepts ``POST /alerts`` with the right Bearer token (else 401); keeps each body."""
-
-    daemon_threads = True
-
-    def __init__(self, port: int, token: str) -> None:
-        self.expected = f"Bearer {token}".encode()
-        self.bodies: list[bytes] = []
-        self.rejected = 0
-        self.changed = threading.Condition()
-        super().__init__((HOST, port), _ReceiverHandler)
-
-    def keep(self, body: bytes) -> None:
-        with self.changed:
-            self.bodies.append(body)
-            self.changed.notify_all()
-
-
-class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
-    server: _Receiver
-
-    def do_POST(self) -> None:
-        auth = self.headers.get("Authorization", "").encode()
-        if self.path != "/alerts" or not hmac.compare_digest(auth, self.server.expected):
-            self._refuse()
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length)
-        self.server.keep(body)
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        self._refuse()
-
-    def _refuse(self) -> None:
-        with self.server.changed:
-            self.server.rejected += 1
-        self.send_response(401)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class AlertStack:
-    """Prometheus + blackbox exporter + Alertmanager + webhook receiver, on 127.0.0.1.
+    """Prometheus + blackbox exporter + Alertmanager on 127.0.0.1, posting to ``webhook_url``.
 
-    ``ports`` are (prometheus, alertmanager, blackbox exporter, webhook receiver).
+    ``ports`` are (prometheus, alertmanager, blackbox exporter); None picks free ones.
     """
 
     def __init__(
@@ -203,8 +161,9 @@ class AlertStack:
         workdir: Path,
         targets: list[str],
         token: str,
+        webhook_url: str,
         *,
-        ports: tuple[int, int, int, int] = (19090, 19093, 19115, 19095),
+        ports: tuple[int, int, int] | None = DEFAULT_PORTS,
     ) -> None:
         if not targets:
             raise ValueError("at least one target URL is needed")
@@ -212,21 +171,19 @@ class AlertStack:
             raise ValueError("the token must be non-empty and without whitespace")
         for target in targets:
             _check_target(target)
+        hook = urllib.parse.urlsplit(webhook_url)
+        if hook.scheme != "http" or hook.hostname not in (HOST, "::1", "localhost"):
+            raise ValueError(f"webhook {webhook_url!r} must be an http URL on loopback")
         self.workdir = Path(workdir)
         self.targets = list(targets)
         self.token = token
-        self.prometheus_port, self.alertmanager_port, self.blackbox_port, self.webhook_port = ports
+        self.webhook_url = webhook_url
+        chosen = ports or (_free_port(), _free_port(), _free_port())
+        self.prometheus_port, self.alertmanager_port, self.blackbox_port = chosen
         self.ready_at: float | None = None  # time.monotonic() when __enter__ finished
         self._daemons: list[_Daemon] = []
-        self._receiver: _Receiver | None = None
-        self._thread: threading.Thread | None = None
-        self._taken: set[int] = set()  # indexes of bodies wait_for_alert already returned
 
     # -- configuration ------------------------------------------------------------
-
-    @property
-    def webhook_url(self) -> str:
-        return f"http://{HOST}:{self.webhook_port}/alerts"
 
     def write_configs(self) -> None:
         """blackbox.yml, prometheus.yml, rules.yml and alertmanager.yml, in workdir."""
@@ -300,7 +257,10 @@ class AlertStack:
                             "url": self.webhook_url,
                             "send_resolved": True,
                             "http_config": {
-                                "authorization": {"type": "Bearer", "credentials": self.token}
+                                "authorization": {
+                                    "type": "Bearer",
+                                    "credentials_file": str(self.workdir / "webhook-token"),
+                                }
                             },
                         }
                     ],
@@ -310,7 +270,11 @@ class AlertStack:
         self._write("blackbox.yml", blackbox)
         self._write("rules.yml", rules)
         self._write("prometheus.yml", prometheus)
-        self._write("alertmanager.yml", alertmanager, mode=0o600)  # holds the token
+        self._write("alertmanager.yml", alertmanager)
+        token_file = self.workdir / "webhook-token"
+        token_file.touch(mode=0o600)
+        token_file.chmod(0o600)
+        token_file.write_text(self.token)
 
     def _write(self, name: str, data: dict[str, Any], mode: int = 0o644) -> None:
         path = self.workdir / name
@@ -379,25 +343,15 @@ class AlertStack:
     def _start(self) -> None:
         ports = (self.prometheus_port, self.alertmanager_port, self.blackbox_port)
         # A stale daemon on one of our ports would answer the readiness check for us.
-        busy = [p for p in (*ports, self.webhook_port) if not _port_is_free(p)]
+        busy = [p for p in ports if not _port_is_free(p)]
         if busy:
             raise AlertStackError(f"port(s) {busy} on {HOST} already in use: stale stack?")
         self.write_configs()
-        # Bind the receiver now (a port clash fails here), serve it once the daemons run:
-        # no thread exists while they are forked.
-        self._receiver = _Receiver(self.webhook_port, self.token)
         for name, argv, ready_url in self._argvs():
             daemon = _Daemon(name, argv, self.workdir / f"{name}.log", ready_url)
             self._daemons.append(daemon)
             (self.workdir / f"{name}-data").mkdir(exist_ok=True)
             daemon.start()
-        self._thread = threading.Thread(
-            target=self._receiver.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="alertstack-webhook",
-            daemon=True,
-        )
-        self._thread.start()
         deadline = time.monotonic() + READY_TIMEOUT
         for daemon in self._daemons:
             daemon.wait_ready(deadline)
@@ -411,54 +365,44 @@ class AlertStack:
             except BaseException as exc:  # stop the others whatever happens
                 errors.append(exc)
         self._daemons = []
-        receiver, self._receiver = self._receiver, None
-        if receiver is not None:
-            if self._thread is not None:
-                receiver.shutdown()
-                self._thread.join(5)
-                self._thread = None
-            receiver.server_close()
         if errors:
             raise errors[0]
 
-    # -- webhooks -----------------------------------------------------------------
+    # -- what Alertmanager did ------------------------------------------------------
 
-    @property
-    def received(self) -> list[bytes]:
-        """Every accepted webhook body so far, in arrival order."""
-        if self._receiver is None:
-            return []
-        with self._receiver.changed:
-            return list(self._receiver.bodies)
+    def deliveries(self) -> tuple[int, int]:
+        """(webhooks Alertmanager sent, of which failed): its own counters."""
+        url = f"http://{HOST}:{self.alertmanager_port}/metrics"
+        with _OPENER.open(url, timeout=5) as response:
+            text = response.read().decode()
+        counts = {"total": 0, "failed": 0}
+        for line in text.splitlines():
+            for kind in counts:
+                prefix = f"alertmanager_notifications_{'failed_' if kind == 'failed' else ''}total"
+                if line.startswith(prefix + "{") and 'integration="webhook"' in line:
+                    counts[kind] += int(float(line.rsplit(" ", 1)[1]))
+        return counts["total"], counts["failed"]
 
-    @property
-    def rejected(self) -> int:
-        """How many requests the receiver refused (wrong path, method or token)."""
-        return 0 if self._receiver is None else self._receiver.rejected
+    def active_alerts(self) -> list[dict[str, Any]]:
+        """The alerts Alertmanager holds right now (its v2 API)."""
+        url = f"http://{HOST}:{self.alertmanager_port}/api/v2/alerts?active=true"
+        with _OPENER.open(url, timeout=5) as response:
+            data: list[dict[str, Any]] = json.loads(response.read())
+        return data
 
-    def wait_for_alert(self, status: str = "firing", timeout: float = 60) -> bytes:
-        """The first received webhook body whose ``status`` is ``status``, exactly as sent.
-
-        Each body is returned at most once, so a second call waits for the next one.
-        Raises AlertStackError after ``timeout`` seconds.
-        """
-        receiver = self._receiver
-        if receiver is None:
-            raise AlertStackError("the stack is not running")
+    def wait_for_deliveries(self, count: int, timeout: float = 60) -> None:
+        """Until Alertmanager has sent ``count`` webhooks that did not fail."""
         deadline = time.monotonic() + timeout
-        with receiver.changed:
-            while True:
-                for index, body in enumerate(receiver.bodies):
-                    if index not in self._taken and _status_of(body) == status:
-                        self._taken.add(index)
-                        return body
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AlertStackError(
-                        f"no {status!r} webhook within {timeout:g}s "
-                        f"({len(receiver.bodies)} received, {receiver.rejected} refused)"
-                    )
-                receiver.changed.wait(left)
+        while True:
+            total, failed = self.deliveries()
+            if total - failed >= count:
+                return
+            if time.monotonic() > deadline:
+                raise AlertStackError(
+                    f"Alertmanager sent {total} webhook(s), {failed} failed, within "
+                    f"{timeout:g}s; wanted {count} delivered"
+                )
+            time.sleep(0.5)
 
     def log_tails(self) -> str:
         """The end of each daemon's log, for a failure message."""
@@ -474,61 +418,43 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _status_of(body: bytes) -> str | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    status = data.get("status") if isinstance(data, dict) else None
-    return status if isinstance(status, str) else None
-
-
 # -- demo -------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.alertstack",
-        description="Run the real alerting stack against lab URLs and save the first "
-        "firing Alertmanager webhook.",
+        description="Run the real alerting stack against lab URLs, posting to a webhook "
+        "(veris-remediate serve), until SIGTERM or Ctrl-C.",
     )
     parser.add_argument(
         "--target", action="append", required=True, help="URL to probe (repeatable)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="file for the raw webhook body")
-    parser.add_argument("--timeout", type=float, default=90, help="seconds to wait (90)")
+    parser.add_argument("--webhook", required=True, help="where Alertmanager posts")
+    parser.add_argument("--token-file", type=Path, required=True, help="the bearer token")
     parser.add_argument("--workdir", type=Path, help="configs, data and logs (default: temp)")
     args = parser.parse_args(argv)
 
     # SIGTERM unwinds like Ctrl-C, so the daemons are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    token = secrets.token_urlsafe(24)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    token = args.token_file.read_text().strip()
     with tempfile.TemporaryDirectory(prefix="alertstack-") as tmp:
         workdir = args.workdir or Path(tmp)
-        launched = time.monotonic()
         try:
-            with AlertStack(workdir, args.target, token) as stack:
-                started = time.monotonic()
-                try:
-                    body = stack.wait_for_alert("firing", timeout=args.timeout)
-                except AlertStackError as exc:
-                    print(f"alertstack: {exc}", file=sys.stderr)
-                    print(stack.log_tails(), file=sys.stderr)
-                    return 1
-                waited = time.monotonic() - started
-                ready = started - launched
+            with AlertStack(workdir, args.target, token, args.webhook) as stack:
+                print(
+                    f"alerting stack ready: Prometheus :{stack.prometheus_port}, Alertmanager "
+                    f":{stack.alertmanager_port}, blackbox :{stack.blackbox_port} -> "
+                    f"{args.webhook}",
+                    flush=True,
+                )
+                while True:
+                    time.sleep(3600)
         except (AlertStackError, ValueError) as exc:
             print(f"alertstack: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print("alertstack: interrupted; stack stopped", file=sys.stderr)
-            return 130
-    args.out.write_bytes(body)
-    alert = json.loads(body)["alerts"][0]["labels"]
-    print(
-        f"{alert.get('alertname')} {alert.get('instance')} firing after {waited:.1f}s "
-        f"(stack ready in {ready:.1f}s) -> {args.out}"
-    )
+            return 0
     return 0
 
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pydantic import ValidationError as PydanticValidationError
 
 from .exceptions import InventoryError, describe_problems
+from .inventory_cache import run_ansible_inventory
 from .resources import find_tool
 
 SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_.@-]{0,63}")
@@ -54,6 +55,15 @@ VIRTUAL_ROOTS = ("/proc/", "/sys/", "/dev/", "/boot/")
 # Groups every host is in implicitly; they say nothing about the host.
 IMPLICIT_GROUPS = frozenset({"all", "ungrouped"})
 TIMEOUT_SECONDS = 120
+# An inventory directory is read file by file by Ansible (executables are run as dynamic
+# inventory scripts): look before it does, and refuse what is plainly not an inventory.
+MAX_DIRECTORY_FILES = 100
+MAX_SOURCE_BYTES = 8 * 1024 * 1024
+# Names Ansible skips in an inventory directory (ansible.inventory.manager.IGNORED).
+_ANSIBLE_SKIPS = re.compile(
+    r"^\.|^host_vars$|^group_vars$|^vars_plugins$"
+    r"|(\.pyc|\.pyo|\.swp|\.bak|~|\.rpm|\.md|\.txt|\.rst|\.orig|\.cfg|\.retry)$"
+)
 
 
 def _absolute_path(value: str, field: str) -> str:
@@ -385,13 +395,20 @@ def _services(host: str, raw: object) -> dict[str, ServiceSpec]:
     return services
 
 
-def load_inventory(sources: Sequence[Path]) -> Inventory:
-    """Run ``ansible-inventory --list`` over the sources and parse its JSON."""
+def load_inventory(sources: Sequence[Path], *, cache_dir: Path | None = None) -> Inventory:
+    """Run ``ansible-inventory --list`` over the sources and parse its JSON.
+
+    With ``cache_dir``, the listing is kept there and reused while none of its inputs
+    changed (inventory_cache.py); it is parsed and checked the same either way.
+
+    Every error is one line naming the file (and line, when Ansible says) and the problem.
+    """
     if not sources:
         raise InventoryError("no inventory source given")
     for source in sources:
         if not source.exists():
             raise InventoryError(f"inventory source {source} does not exist")
+        _check_source(source)
     argv = [_ansible_inventory()]
     for source in sources:
         argv += ["-i", str(source)]
@@ -404,22 +421,195 @@ def load_inventory(sources: Sequence[Path]) -> Inventory:
         "ANSIBLE_NOCOLOR": "true",
     }
     try:
-        done = subprocess.run(
-            argv, capture_output=True, text=True, env=env, timeout=TIMEOUT_SECONDS, check=False
+        done = run_ansible_inventory(
+            argv, sources, env=env, timeout=TIMEOUT_SECONDS, cache_dir=cache_dir
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InventoryError(f"could not run ansible-inventory: {exc}") from exc
     if done.returncode != 0:
-        raise InventoryError(
-            f"ansible-inventory failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}"
-        )
+        raise InventoryError(ansible_inventory_problem(done.stderr, done.returncode))
     try:
         listing = json.loads(done.stdout)
     except ValueError as exc:
         raise InventoryError(f"ansible-inventory printed no JSON: {exc}") from exc
     if not isinstance(listing, Mapping):
         raise InventoryError("ansible-inventory printed JSON that is not an object")
-    return parse_inventory_listing(listing, sources)
+    inventory = parse_inventory_listing(listing, sources)
+    if not inventory.hosts:
+        raise InventoryError(_no_hosts(sources))
+    return inventory
+
+
+def _check_source(source: Path) -> None:
+    """Refuse, before Ansible reads it, a source that cannot be an inventory."""
+    if source.is_dir():
+        files = _directory_files(source)
+        if not files:
+            raise InventoryError(
+                f"inventory directory {source} holds no inventory file; "
+                "point -i at an inventory file"
+            )
+        for path in files:
+            _check_file(path, f"inventory directory {source}: ")
+    else:
+        _check_file(source, "")
+
+
+def _directory_files(directory: Path) -> list[Path]:
+    """The files Ansible would read from an inventory directory (at most the cap, plus one)."""
+    found: list[Path] = []
+    pending = [directory]
+    while pending:
+        current = pending.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError as exc:
+            raise InventoryError(
+                f"cannot read inventory directory {current}: {exc.strerror}"
+            ) from exc
+        for entry in entries:
+            if _ANSIBLE_SKIPS.search(entry.name):
+                continue
+            if entry.is_dir():
+                pending.append(Path(entry.path))
+            elif entry.is_file():
+                found.append(Path(entry.path))
+            if len(found) > MAX_DIRECTORY_FILES:
+                raise InventoryError(
+                    f"inventory directory {directory} holds more than {MAX_DIRECTORY_FILES} "
+                    "files, and Ansible would read (or run) every one; point -i at the "
+                    "inventory file(s)"
+                )
+    return found
+
+
+def _check_file(path: Path, where: str) -> None:
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8192)
+    except OSError as exc:
+        raise InventoryError(f"{where}cannot read inventory {path}: {exc.strerror}") from exc
+    if b"\0" in head:
+        raise InventoryError(
+            f"{where}{path} is not an inventory (a binary file); point -i at the inventory file"
+        )
+    if size > MAX_SOURCE_BYTES:
+        raise InventoryError(
+            f"{where}{path} is not an inventory ({size // 1048576} MiB); "
+            "point -i at the inventory file"
+        )
+
+
+def _no_hosts(sources: Sequence[Path]) -> str:
+    """Why an inventory has no hosts: an empty file, an empty directory, or no host named."""
+    if len(sources) == 1:
+        source = sources[0]
+        kind = "inventory directory" if source.is_dir() else "inventory"
+        if source.is_file() and not _has_content(source):
+            return f"inventory {source} is empty; it must name the hosts veris may act on"
+        return f"{kind} {source} names no hosts; it must name the hosts veris may act on"
+    shown = ", ".join(str(s) for s in sources)
+    return f"the inventories {shown} name no hosts; they must name the hosts veris may act on"
+
+
+def _has_content(path: Path) -> bool:
+    """Anything but blank lines and comments (YAML and INI both comment with # or ;)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return True
+    return any(
+        line.strip() and not line.lstrip().startswith(("#", ";")) for line in text.splitlines()
+    )
+
+
+# ansible-inventory says what is wrong once per parser it tried, with a banner each time:
+#   [WARNING]: Failed to parse inventory with 'auto' plugin: MESSAGE
+#   ...
+#   Origin: /path/inv.yml:4:6
+_PLUGIN_FAILED = re.compile(r"^\[WARNING\]: Failed to parse inventory with '(\w+)' plugin: (.*)$")
+_ORIGIN = re.compile(r"^Origin: (/[^:<>]*?)(?::(\d+)(?::(\d+))?)?\s*$")
+_ORIGIN_SOURCE = re.compile(r"^Origin: <inventory plugin '\w+' with source '(/[^']*)'>\s*$")
+_INI_LINE = re.compile(r"^(?:Failed to parse inventory: )?(/\S+?):(\d+): (.*)$")
+_ANSIBLE_ERROR = re.compile(r"^\[ERROR\]: (.*)$")
+
+
+_PYTHON_TYPE = re.compile(r"\"?<class '(?:[\w.]*\.)?_?(?:Ansible)?(?:Tagged)?(\w+)'>\"?")
+_TYPE_WORDS = {"list": "a list", "dict": "a mapping", "str": "a string", "nonetype": "nothing"}
+
+
+def _locate_ini_problem(path: Path, message: str) -> tuple[str | None, str]:
+    """Ansible's INI parser names no line: find it (an unclosed section header, or the
+    word it complains about), or leave the line unknown."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None, message
+    for n, line in enumerate(lines, 1):
+        text = line.strip()
+        if text.startswith("[") and not text.endswith("]"):
+            return str(n), f"section header {text[:60]!r} has no closing ']'"
+    got = re.search(r"got: (\S+)$", message)
+    if got:
+        hits = [n for n, line in enumerate(lines, 1) if got[1] in line.split()[1:]]
+        if len(hits) == 1:
+            return str(hits[0]), message
+    return None, message
+
+
+def ansible_inventory_problem(stderr: str, returncode: int) -> str:
+    """ansible-inventory's failure as one line: file, line (when known), what is wrong.
+
+    Of the parsers Ansible tried, the one for the file's kind speaks (YAML for .yml/.yaml/
+    .json, INI otherwise); its message and origin are taken from the warnings.
+    """
+    attempts: list[tuple[str, str, str | None, str | None, str | None]] = []
+    errors: list[str] = []
+    lines = stderr.splitlines()
+    for n, line in enumerate(lines):
+        if m := _ANSIBLE_ERROR.match(line.strip()):
+            errors.append(m[1].strip())
+        m = _PLUGIN_FAILED.match(line.strip())
+        if m is None:
+            continue
+        plugin, message = m[1], m[2].strip()
+        path = line_no = column = None
+        for later in lines[n + 1 : n + 40]:
+            if _PLUGIN_FAILED.match(later.strip()) or _ANSIBLE_ERROR.match(later.strip()):
+                break
+            if o := _ORIGIN.match(later.strip()):
+                path, line_no, column = o[1], o[2], o[3]
+                break
+            if o := _ORIGIN_SOURCE.match(later.strip()):
+                path = o[1]
+                break
+        if i := _INI_LINE.match(message):
+            path, line_no, message = path or i[1], line_no or i[2], i[3]
+        message = message.removeprefix("Failed to parse inventory: ")
+        attempts.append((plugin, message, path, line_no, column))
+    if attempts:
+        source = next((a[2] for a in attempts if a[2]), "")
+        yamlish = source.endswith((".yml", ".yaml", ".json"))
+        order = ("yaml", "auto", "ini") if yamlish else ("ini", "yaml", "auto")
+        # A message with a line number (a YAML syntax error) says the most.
+        best = min(
+            attempts, key=lambda a: (a[3] is None, order.index(a[0]) if a[0] in order else 9)
+        )
+        plugin, message, path, line_no, column = best
+        if plugin == "ini" and path and not line_no:
+            line_no, message = _locate_ini_problem(Path(path), message)
+        message = _PYTHON_TYPE.sub(lambda t: _TYPE_WORDS.get(t[1].lower(), t[1]), message)
+        where = path or source or "inventory"
+        if line_no:
+            where += f", line {line_no}" + (f", column {column}" if column else "")
+        return f"inventory {where}: {message.rstrip('.')}"
+    detail = (
+        errors[-1]
+        if errors
+        else next((ln.strip() for ln in reversed(lines) if ln.strip()), "no message")
+    )
+    return f"ansible-inventory failed (exit {returncode}): {detail[:500]}"
 
 
 def _ansible_inventory() -> str:

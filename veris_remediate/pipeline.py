@@ -30,6 +30,7 @@ from .planner import (
     build_plan,
     rollback_step,
 )
+from .progress import ProgressCallback, ProgressEvent, emit
 from .report import PhaseRecord, PreviewChange, RemediationResult, RunReport, build_report
 from .resources import playbooks_dir, roles_dir
 from .role_reports import Assessment, Cause, Finding, Report, Snapshot
@@ -110,14 +111,18 @@ def _payload_result(decision: Action, outcome: Outcome, reason: str) -> Remediat
 
 
 class _Phases:
-    """Times phases of one remediation."""
+    """Times phases of one remediation, and reports their starts and ends to ``progress``."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: ProgressCallback | None = None, host: str | None = None) -> None:
         self.records: list[PhaseRecord] = []
+        self.progress = progress
+        self.host = host
 
     @contextmanager
     def timed(self, name: str) -> Iterator[dict[str, Any]]:
+        # A step may set state["tasks"]: the Ansible tasks its run reported (for progress).
         state: dict[str, Any] = {"status": "ok", "detail": ""}
+        emit(self.progress, ProgressEvent(kind="start", phase=name, host=self.host))
         start = time.monotonic()
         try:
             yield state
@@ -125,14 +130,17 @@ class _Phases:
             state["status"] = "failed"
             raise
         finally:
-            self.records.append(
-                PhaseRecord(
-                    name=name,
-                    status=state["status"],
-                    seconds=round(time.monotonic() - start, 3),
-                    detail=str(state["detail"])[:300],
-                )
+            record = PhaseRecord(
+                name=name,
+                status=state["status"],
+                seconds=round(time.monotonic() - start, 3),
+                detail=str(state["detail"])[:300],
             )
+            self.records.append(record)
+            emit(self.progress, ProgressEvent(
+                kind="end", phase=name, host=self.host, status=record.status,
+                seconds=record.seconds, detail=record.detail, tasks=state.get("tasks"),
+            ))  # fmt: skip
 
 
 class Remediator:
@@ -144,8 +152,11 @@ class Remediator:
         settings: Settings | None = None,
         *,
         executor: Executor | None = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.settings = settings or settings_from_env()
+        # Called at each phase's start and end (veris_remediate.progress); None: silent.
+        self.progress = progress
         self._inventory_arg = inventory
         self._inventory: Inventory | None = inventory if isinstance(inventory, Inventory) else None
         self._rules: RuleSet | None = None
@@ -153,7 +164,7 @@ class Remediator:
         self.workspace = Workspace(self.settings.state_dir)
         self.baselines = BaselineStore(self.settings.state_dir)
         self.audit = AuditLog.from_settings(self.settings)
-        self.store = StateStore(self.settings.state_dir)
+        self.store = StateStore.from_settings(self.settings)
         self.guards = Guards(self.store, self.settings, self.audit)
         # Set by the CLI's SIGTERM handler: the fix run in flight is cancelled and rolled back.
         self.terminating = False
@@ -360,7 +371,7 @@ class Remediator:
             self.recover()  # runs a killed process left half-done come first
         run_id = self.workspace.new_run_id()
         started = _now()
-        head = _Phases()
+        head = _Phases(self.progress)
         results: list[RemediationResult] = []
         source: str | None = None
         try:
@@ -653,7 +664,7 @@ class _Remediation:
         self.route = route
         self.mode = mode
         self.host = route.target.host
-        self.phases = _Phases()
+        self.phases = _Phases(owner.progress, route.target.host)
         self.findings: list[Finding] = []
         self.causes: list[Cause] = []
         self.preview: tuple[PreviewChange, ...] = ()
@@ -689,6 +700,7 @@ class _Remediation:
     def step(self, step: PlaybookStep, slot: str) -> RunResult:
         with self.phases.timed(step.phase) as ph:
             result = self.o.run_step(self.run_id, slot, step, self.host, self.access)
+            ph["tasks"] = len(result.summary.host(self.host).tasks)
             ph["detail"] = (
                 f"{result.status}, {result.summary.host(self.host).count('changed')} changed"
             )

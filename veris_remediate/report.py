@@ -1,10 +1,16 @@
-"""Remediation results → the RunReport, its exit code, and its JSON and Markdown forms."""
+"""Remediation results → the RunReport, its exit code, and its JSON, Markdown and HTML forms.
+
+Markdown is ready to paste as an issue or pull-request body; HTML is one self-contained
+page (inline style, a Content-Security-Policy that forbids every fetch, no script).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field
@@ -154,15 +160,153 @@ def to_json(report: RunReport) -> str:
     return json.dumps(report.model_dump(mode="json"), sort_keys=False)
 
 
-_MARKDOWN = jinja2.Environment(
-    loader=jinja2.PackageLoader("veris_remediate", "templates"),
-    # Markdown, not HTML; values are passed as data, never compiled as templates.
-    autoescape=False,  # noqa: S701
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-)
+# -- for people: the words the CLI, Markdown and HTML share ---------------------------------
+
+OUTCOME_TEXT: dict[str, str] = {
+    "resolved": "fixed, and health verified after the fix",
+    "not_needed": "nothing was wrong: nothing changed",
+    "previewed": "previewed only: nothing was applied",
+    "rejected": "rejected: nothing was run",
+    "escalated": "escalated: a person decides; nothing was applied",
+    "deferred": "deferred: the host was busy; nothing was applied",
+    "rolled_back": "the fix did not make it healthy: rolled back to the prior state",
+    "failed": "failed: could not fix, or could not restore",
+    "blocked": "blocked by the emergency brake: nothing was applied",
+}
+# The prefixes decision.py and verify.py give the health they saw (see ``health``).
+_BEFORE, _AFTER, _RESTORED = "diagnosis: ", "after the fix: ", "prior state restored: "
+
+
+class TimelineEntry(BaseModel):
+    """One phase on the run's clock: it started ``at`` seconds after the run began."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: float
+    name: str
+    host: str | None
+    status: PhaseStatus
+    seconds: float
+    detail: str
+
+
+class Health(BaseModel):
+    """What the run saw of the host's health: before the fix, after it, after a rollback."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    restored: tuple[str, ...] = ()
+
+
+def headline(report: RunReport) -> str:
+    """ "HttpProbeFailed on lab1: resolved" (no "on" when no host was resolved)."""
+    what = report.alert_type or (f"{report.source} payload" if report.source else "payload")
+    where = f" on {', '.join(report.hosts)}" if report.hosts else ""
+    return f"{what}{where}: {report.outcome}"
+
+
+def decision_text(decision: str, confidence: float, outcome: str) -> str:
+    """The decision in words; a check-only run "would apply", it never "applied"."""
+    if outcome == "previewed" and decision == "apply":
+        return f"would apply (confidence {confidence:.2f}); --check-only: nothing applied"
+    if decision in ("reject", "brake", "skip") and confidence == 0.0:
+        return decision
+    return f"{decision} (confidence {confidence:.2f})"
+
+
+def applied(result: RemediationResult) -> bool:
+    """Whether this remediation changed the host (its fix ran, whatever came after)."""
+    return result.decision == "apply" and result.outcome in ("resolved", "rolled_back", "failed")
+
+
+def health(result: RemediationResult) -> Health:
+    """Health before and after, from the reasons the decision and verification gave."""
+
+    def picked(prefix: str) -> tuple[str, ...]:
+        return tuple(r.removeprefix(prefix) for r in result.reasons if r.startswith(prefix))
+
+    return Health(before=picked(_BEFORE), after=picked(_AFTER), restored=picked(_RESTORED))
+
+
+def duration(report: RunReport) -> float | None:
+    try:
+        started = datetime.fromisoformat(report.started_at)
+        finished = datetime.fromisoformat(report.finished_at)
+    except ValueError:
+        return None
+    return round((finished - started).total_seconds(), 2)
+
+
+def timeline(report: RunReport) -> tuple[TimelineEntry, ...]:
+    """The payload's phases, then each remediation's, one after the other (they run in turn)."""
+    head: Sequence[PhaseRecord] = report.phases
+    if report.remediations:
+        own = worst(report.remediations).phases
+        if own and tuple(report.phases[-len(own) :]) == own:
+            head = report.phases[: -len(own)]
+    entries: list[TimelineEntry] = []
+    clock = 0.0
+    for host, phases in [(None, head), *((m.host, m.phases) for m in report.remediations)]:
+        for p in phases:
+            entry = TimelineEntry(
+                at=round(clock, 3), name=p.name, host=host, status=p.status,
+                seconds=p.seconds, detail=p.detail,
+            )  # fmt: skip
+            entries.append(entry)
+            clock += p.seconds
+    return tuple(entries)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+def md_text(value: object) -> str:
+    """Text from a host or an alert, inert in Markdown: no links, images, HTML or tables."""
+    text = " ".join(str(value).split())
+    return _MD_SPECIAL.sub(r"\\\1", text.replace("&", "&amp;"))
+
+
+def md_fence(value: str) -> str:
+    """A code fence longer than any run of backticks inside ``value``."""
+    longest = max((len(run) for run in re.findall(r"`+", value)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("veris_remediate", "templates"),
+        # HTML escapes every value; Markdown escapes alert and host text with `md` instead.
+        autoescape=autoescape,  # noqa: S701
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["md"] = md_text
+    env.filters["fence"] = md_fence
+    env.globals.update(
+        OUTCOME_TEXT=OUTCOME_TEXT, headline=headline, decision_text=decision_text,
+        applied=applied, health=health, timeline=timeline, duration=duration,
+    )  # fmt: skip
+    return env
+
+
+# Values are passed as context, never compiled: "{{" in alert data stays text.
+_MARKDOWN = _environment(autoescape=False)
+_HTML = _environment(autoescape=True)
+
+
+def _context(report: RunReport) -> dict[str, Any]:
+    return {"r": report, "multi": len(report.remediations) > 1}
 
 
 def to_markdown(report: RunReport) -> str:
-    # Values containing "{{" stay text: they are passed as context, never compiled.
-    return _MARKDOWN.get_template("report.md.j2").render(r=report)
+    """The report as Markdown, ready to paste as an issue or pull-request body."""
+    return _MARKDOWN.get_template("report.md.j2").render(**_context(report))
+
+
+def to_html(report: RunReport) -> str:
+    """The report as one self-contained HTML page: no script, nothing fetched."""
+    return _HTML.get_template("report.html.j2").render(**_context(report))

@@ -279,22 +279,19 @@ def test_diagnose_is_read_only(healthy: LabHandle, state_dir: Path) -> None:
     assert healthy.is_active(h1, "nginx") == "inactive"
 
 
-def test_busy_host_escalates(healthy: LabHandle, state_dir: Path) -> None:
-    import fcntl
-    import os
-
+def test_busy_host_is_deferred(healthy: LabHandle, state_dir: Path) -> None:
+    """This test process holds the host's lease: the CLI's handle defers, runs nothing."""
     h1 = healthy.name(1)
-
     healthy.ssh(h1, "systemctl", "stop", "nginx")
-    (state_dir / "locks").mkdir(parents=True)
-    fd = os.open(state_dir / "locks" / f"{h1}.lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    store = StateStore(state_dir)
+    assert store.acquire_lease(h1, "20261201T000000Z-abcdef", 600) is not None
     try:
         result = _handle(state_dir, healthy, _example(healthy, NGINX_DOWN))
     finally:
-        os.close(fd)
+        store.release_lease(h1)
     assert result.rc == 4, result.stdout
-    assert "in progress" in " ".join(result.json["reasons"])
+    assert result.json["outcome"] == "deferred"
+    assert "not run in parallel" in " ".join(result.json["reasons"])
     assert healthy.is_active(h1, "nginx") == "inactive"
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from veris_remediate.audit import GENESIS, AuditLog, load_key
-from veris_remediate.redaction import REDACTED, redact
 from veris_remediate.exceptions import AuditError
+from veris_remediate.redaction import REDACTED, redact
 from veris_remediate.settings import Settings
 
 KEY = b"k" * 32

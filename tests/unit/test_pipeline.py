@@ -203,7 +203,8 @@ def test_brake_during_apply_blocks_without_rollback(tmp_path: Path) -> None:
     assert [r.phase for r in executor.requests] == ["check", "apply", "recheck"]
     assert any("nginx.service was inactive" in r for r in report.reasons)
     assert any(r.startswith("left as: problem present") for r in report.reasons)
-    assert report.reasons[-1] == f"to restore the snapshot: veris-remediate rollback {report.run_id}"
+    restore = f"to restore the snapshot: veris-remediate rollback {report.run_id}"
+    assert report.reasons[-1] == restore
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from ..exceptions import LabError
+from ..progress import ProgressCallback, ProgressEvent, emit
 from ._util import (
     as_lab_error,
     atomic_write,
@@ -137,6 +138,7 @@ class Lab:
         prefix: str = "lab",
         first_subnet: int = 1,
         features: Iterable[str] = (),
+        progress: ProgressCallback | None = None,
     ) -> None:
         if not _PREFIX_RE.fullmatch(prefix):
             raise LabError(f"lab prefix must be 1-6 lowercase letters, not {prefix!r}")
@@ -151,10 +153,28 @@ class Lab:
         self.prefix = prefix
         self.first_subnet = first_subnet
         self.features = tuple(sorted(set(features)))
+        # Hears the root file system build and each host's boot (veris_remediate.progress).
+        self.progress = progress
         self._dir = Path(state_dir).absolute() / "lab"
         self._cache_dir = Path(cache_dir).absolute()
         if ":" in str(self._dir):  # nspawn's --bind-ro=SRC:DST cannot carry it
             raise LabError(f"lab state directory may not contain ':': {self._dir}")
+
+    @classmethod
+    def recorded(
+        cls, state_dir: Path, cache_dir: Path, *, progress: ProgressCallback | None = None
+    ) -> Lab | None:
+        """The lab recorded in ``state_dir`` (its prefix, subnet and features), if any."""
+        path = Path(state_dir).absolute() / "lab" / "state.json"
+        try:
+            state = _State.model_validate_json(path.read_text())
+        except (OSError, PydanticValidationError):
+            return None
+        try:
+            return cls(state_dir, cache_dir, prefix=state.prefix, first_subnet=state.first_subnet,
+                       features=state.features, progress=progress)  # fmt: skip
+        except LabError:
+            return None
 
     # -- names and addresses ----------------------------------------------------------------
     def _index(self, name: str) -> int:
@@ -167,7 +187,42 @@ class Lab:
         return f"198.18.{self.first_subnet + self._index(name) - 1}.{side}"
 
     def inventory_path(self) -> Path:
+        """Where the lab's inventory is (written by ``up``, removed by ``down``)."""
         return self._dir / "inventory.yml"
+
+    def host_names(self) -> list[str]:
+        """The hosts this lab's state records, in order (running or not)."""
+        state = self._read_state()
+        if state is None or (state.prefix, state.first_subnet) != (self.prefix, self.first_subnet):
+            return []
+        return sorted(state.hosts, key=self._index)
+
+    def require_running(self, name: str) -> None:
+        """Raise LabError unless ``name`` is a host of this lab and it is running.
+
+        An unknown name is a usage error (exit 2); a host that is not running fails (exit 6)
+        at once, instead of after SSH's connect timeout.
+        """
+        try:
+            self._index(name)
+        except LabError as exc:
+            known = ", ".join(self.host_names()) or "none is up"
+            raise LabError(
+                f"{name!r} is not a host of lab {self.prefix!r} (its hosts: {known})",
+                exit_code=2,
+            ) from exc
+        state = self._read_state()
+        mismatch = state is not None and state.prefix != self.prefix
+        record = state.hosts.get(name) if state is not None and not mismatch else None
+        if record is None:
+            known = ", ".join(self.host_names()) or "none"
+            raise LabError(
+                f"{name} is not a host of this lab (hosts up: {known}); "
+                f"boot it with `veris-remediate lab up --hosts {self._index(name)}`",
+                exit_code=2,
+            )
+        if not is_nspawn(record.pid, name):
+            raise LabError(f"{name} is not running; boot it again with `veris-remediate lab up`")
 
     def ssh_argv(self, name: str) -> list[str]:
         """Argv prefix that runs a command on host ``name`` as root.
@@ -205,10 +260,10 @@ class Lab:
                 )
             state = state.model_copy(update={"features": self.features})
             pub = self._ensure_key()
-            rootfs = ensure_rootfs(self._cache_dir)
+            rootfs = ensure_rootfs(self._cache_dir, self.progress)
             count = max([hosts, *(self._index(name) for name in state.hosts)])
             names = [f"{self.prefix}{k}" for k in range(1, count + 1)]
-            fresh: set[str] = set()
+            fresh: dict[str, float] = {}  # booted now: when
             state = state.model_copy(update={"rootfs": str(rootfs)})
             for name in names:
                 record = state.hosts.get(name)
@@ -216,26 +271,28 @@ class Lab:
                     continue
                 destroy_host(name, record)  # leftovers of a host that died or was killed
                 state = self._save(state.with_host(name, HostRecord()))
+                emit(self.progress, ProgressEvent(kind="start", phase="boot", host=name))
+                fresh[name] = time.monotonic()
                 record = self._boot(name, rootfs, pub, state.features)
                 state = self._save(state.with_host(name, record))
-                fresh.add(name)
             deadline = time.monotonic() + timeout
-            in_parallel(
-                lambda name: self._wait_ready(name, state, deadline, strict=name in fresh),
-                names,
-            )
+            in_parallel(lambda name: self._ready(name, state, deadline, fresh.get(name)), names)
             if "postgres" in state.features:
                 in_parallel(self._set_postgres_password, sorted(fresh))
             self._write_inventory(names, state.features)
         return self.inventory_path()
 
-    def down(self) -> None:
-        """Remove every host of this lab and all it left on the controller. Idempotent."""
+    def down(self) -> list[str]:
+        """Remove every host of this lab and all it left on the controller. Idempotent.
+
+        Returns the names of the hosts it removed (recorded, or found left behind).
+        """
         require_root_and_tools()
         with as_lab_error("lab down"), self._locked():
             state = self._read_state()
             records = state.hosts if state else {}
-            for name in sorted(set(records) | self._leftover_names()):
+            names = sorted(set(records) | self._leftover_names())
+            for name in names:
                 destroy_host(name, records.get(name))
             images = {rootfs_path(self._cache_dir)}
             if state and state.rootfs:
@@ -244,11 +301,20 @@ class Lab:
                 drop_image_locks(image)
             for path in (self._dir / "state.json", self.inventory_path()):
                 path.unlink(missing_ok=True)
+        return names
 
     def status(self) -> list[LabHost]:
+        """The recorded hosts, probed: running, and ready (systemd up, SSH answering)."""
         state = self._read_state()
         if state is None:
             return []
+        if (state.prefix, state.first_subnet) != (self.prefix, self.first_subnet):
+            raise LabError(
+                f"the lab in {self._dir} has prefix {state.prefix!r} and first subnet "
+                f"{state.first_subnet}, not {self.prefix!r} and {self.first_subnet}; "
+                "omit --prefix and --first-subnet to use it",
+                exit_code=2,
+            )
 
         def probe(name: str) -> LabHost:
             pid = state.hosts[name].pid
@@ -339,6 +405,22 @@ class Lab:
         )
         return HostRecord(pid=pid, cgroups=tuple(str(cgroup) for cgroup in cgroups))
 
+    def _ready(self, name: str, state: _State, deadline: float, booted: float | None) -> None:
+        """Wait for a host; one booted now (at ``booted``) is strict, and reported."""
+        if booted is None:
+            self._wait_ready(name, state, deadline, strict=False)
+            return
+        status, detail = "failed", ""
+        try:
+            self._wait_ready(name, state, deadline, strict=True)
+            status, detail = "ok", f"ready at {self._address(name, 2)}"
+        finally:
+            seconds = round(time.monotonic() - booted, 2)
+            emit(self.progress, ProgressEvent(
+                kind="end", phase="boot", host=name, status=status, seconds=seconds,
+                detail=detail,
+            ))  # fmt: skip
+
     def _wait_ready(self, name: str, state: _State, deadline: float, *, strict: bool) -> None:
         """Wait until boot has finished and SSH works.
 
@@ -352,8 +434,10 @@ class Lab:
             if remaining <= 0:
                 raise LabError(f"{name} was not ready in time; boot log {log_path}")
             if not is_alive(pid):  # the launcher shell counts: it becomes nspawn
+                last = log_tail(log_path, 1).strip()
                 raise LabError(
-                    f"{name}: systemd-nspawn exited while booting:\n{log_tail(log_path)}"
+                    f"{name}: systemd-nspawn exited while booting"
+                    f"{' (' + last + ')' if last else ''}; boot log {log_path}"
                 )
             try:
                 done = subprocess.run(

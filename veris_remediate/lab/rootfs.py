@@ -6,9 +6,11 @@ import hashlib
 import json
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from ..exceptions import LabError
+from ..progress import ProgressCallback, ProgressEvent, emit
 from ._util import (
     as_lab_error,
     flock,
@@ -103,18 +105,30 @@ def rootfs_path(cache_dir: Path) -> Path:
     return cache_dir.absolute() / f"rootfs-{recipe_digest()}"
 
 
-def ensure_rootfs(cache_dir: Path) -> Path:
-    """The cached root file system for the current recipe, built with debootstrap if absent."""
+def ensure_rootfs(cache_dir: Path, progress: ProgressCallback | None = None) -> Path:
+    """The cached root file system for the current recipe, built with debootstrap if absent.
+
+    ``progress`` hears the start and end of a build (phase ``rootfs``), if one is needed.
+    """
     final = rootfs_path(cache_dir)
     if final.is_dir():
         return final
-    with as_lab_error("building the lab root file system"):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # One lock for every build in this cache: concurrent debootstraps would also write
-        # the same files in the shared debs/ download cache.
-        with flock(final.parent / "build.lock"):
-            if not final.is_dir():  # else another process built it while we waited
-                _debootstrap(final)
+    emit(progress, ProgressEvent(kind="start", phase="rootfs"))
+    start, status = time.monotonic(), "failed"
+    try:
+        with as_lab_error("building the lab root file system"):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # One lock for every build in this cache: concurrent debootstraps would also
+            # write the same files in the shared debs/ download cache.
+            with flock(final.parent / "build.lock"):
+                if not final.is_dir():  # else another process built it while we waited
+                    _debootstrap(final)
+        status = "ok"
+    finally:
+        seconds = round(time.monotonic() - start, 1)
+        emit(progress, ProgressEvent(
+            kind="end", phase="rootfs", status=status, seconds=seconds, detail=str(final),
+        ))  # fmt: skip
     return final
 
 
@@ -142,9 +156,10 @@ def _debootstrap(final: Path) -> None:
                     timeout=1800, check=False,
                 )  # fmt: skip
                 if done.returncode != 0:
+                    last = log_tail(log_path, 1).strip()
                     raise LabError(
                         f"building the lab root file system failed ({argv[0]} exit "
-                        f"{done.returncode}); see {log_path}:\n{log_tail(log_path)}"
+                        f"{done.returncode}{': ' + last if last else ''}); see {log_path}"
                     )
         tmp.rename(final)
     except BaseException:
