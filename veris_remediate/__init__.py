@@ -12,6 +12,7 @@ from .exceptions import (
     VerisError,
 )
 from .pipeline import Remediator
+from .progress import ProgressCallback, ProgressEvent
 from .report import RemediationResult, RunReport
 from .settings import Settings, settings_from_env
 
@@ -19,6 +20,8 @@ __all__ = [
     "BrakeEngagedError",
     "EscalatedError",
     "InventoryError",
+    "ProgressCallback",
+    "ProgressEvent",
     "RejectedError",
     "RemediationResult",
     "Remediator",

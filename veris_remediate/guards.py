@@ -87,7 +87,8 @@ class Guards:
     def lease(self, host: str, run_id: str) -> Iterator[None]:
         """Hold ``host`` for this remediation, renewed while held; reclaimable if we die."""
         ttl = self.settings.lease_ttl_seconds
-        if self.store.acquire_lease(host, run_id, ttl) is None:
+        taken = self.store.acquire_lease(host, run_id, ttl)
+        if taken is None:
             held = self.store.lease(host)
             raise HostBusy(host, held.owner if held else "?", held.run_id if held else "?")
         stop = threading.Event()
@@ -95,7 +96,7 @@ class Guards:
         def renew() -> None:
             while not stop.wait(ttl / 3):
                 with contextlib.suppress(Exception):  # a missed renewal only shortens it
-                    self.store.renew_lease(host, ttl)
+                    self.store.renew_lease(host, ttl, taken.owner)
 
         beat = threading.Thread(target=renew, name=f"lease-{host}", daemon=True)
         beat.start()
@@ -104,7 +105,7 @@ class Guards:
         finally:
             stop.set()
             beat.join(timeout=5)
-            self.store.release_lease(host)
+            self.store.release_lease(host, taken.owner)
 
     # -- breaker -----------------------------------------------------------------------
 

@@ -148,7 +148,7 @@ class Remediator:
 
     def __init__(
         self,
-        inventory: Path | Sequence[Path] | Inventory,
+        inventory: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Inventory,
         settings: Settings | None = None,
         *,
         executor: Executor | None = None,
@@ -202,7 +202,9 @@ class Remediator:
         if self._inventory is None:
             arg = self._inventory_arg
             assert not isinstance(arg, Inventory)
-            self._inventory = load_inventory([arg] if isinstance(arg, Path) else list(arg))
+            # One path (str or path-like) or several: a str is a path, never its characters.
+            paths = [arg] if isinstance(arg, str | os.PathLike) else list(arg)
+            self._inventory = load_inventory([Path(p) for p in paths])
         return self._inventory
 
     @property

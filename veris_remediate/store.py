@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,9 +53,15 @@ def process_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def lease_owner() -> str:
+    """A lease holder: ``host:pid/thread`` — two threads of one process (serve's workers)
+    are two holders; the process part is what liveness is checked on."""
+    return f"{process_owner()}/{threading.get_ident()}"
+
+
 def owner_alive(owner: str) -> bool:
     """False only when the owner is provably gone (same machine, no such process)."""
-    machine, _, pid = owner.rpartition(":")
+    machine, _, pid = owner.partition("/")[0].rpartition(":")
     if machine != socket.gethostname() or not pid.isdigit():
         return True  # another machine's process: only its lease's TTL can tell
     try:
@@ -422,7 +429,7 @@ class StateStore(_QueueMixin):
         An expired lease, or one whose holder is a process of this machine that no
         longer exists (SIGKILLed), is reclaimed.
         """
-        me = process_owner()
+        me = lease_owner()
         t = now()
         with self._tx() as db:
             row = db.execute("SELECT * FROM leases WHERE host = ?", (host,)).fetchone()
@@ -436,17 +443,20 @@ class StateStore(_QueueMixin):
             db.execute(_LEASE_UPSERT, (host, me, run_id, _iso(lease.acquired), _iso(lease.expires)))
         return lease
 
-    def renew_lease(self, host: str, ttl: int) -> bool:
+    def renew_lease(self, host: str, ttl: int, owner: str | None = None) -> bool:
+        """Extend ``owner``'s lease (default: this thread's; a heartbeat thread passes it)."""
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE leases SET expires = ? WHERE host = ? AND owner = ?",
-                (_iso(now() + timedelta(seconds=ttl)), host, process_owner()),
+                (_iso(now() + timedelta(seconds=ttl)), host, owner or lease_owner()),
             )
             return cur.rowcount == 1
 
-    def release_lease(self, host: str) -> None:
+    def release_lease(self, host: str, owner: str | None = None) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE host = ? AND owner = ?", (host, process_owner()))
+            db.execute(
+                "DELETE FROM leases WHERE host = ? AND owner = ?", (host, owner or lease_owner())
+            )
 
     def lease(self, host: str) -> Lease | None:
         rows = self._rows("SELECT * FROM leases WHERE host = ?", (host,))

@@ -240,3 +240,10 @@ def test_a_ruling_cause_escalates_with_it_as_the_reason(tmp_path: Path) -> None:
         and r.endswith("so service_restart cannot help")
         for r in result.reasons
     ), result.reasons
+
+
+@pytest.mark.parametrize("as_given", [str, Path, lambda p: [str(p)], lambda p: (p,)])
+def test_the_inventory_may_be_a_path_string_or_several(tmp_path: Path, as_given: Any) -> None:
+    inventory = FIXTURES / "inventory" / "lab.yml"
+    remediator = Remediator(as_given(inventory), Settings(state_dir=tmp_path))
+    assert "lab1" in remediator.inventory.hosts
