@@ -13,11 +13,19 @@ setup:
 demo: setup
 	@scripts/demo.sh
 
-# Lint first (cheap), then every test; lab hosts are removed whatever happens.
+# Every lab prefix the tests boot: the integration labs (lab, fx; lt, lf in test_lab.py),
+# the benchmark's (bn), and the molecule scenarios' shared hosts, mol<worker><slot>
+# (tests/molecule/labs.py: worker "" or a, b under pytest-xdist; slot "", p, d, pd, s).
+MOL_PREFIXES := $(foreach w,mol mola molb,$(w) $(w)p $(w)d $(w)pd $(w)s)
+LAB_PREFIXES := lab fx lt lf bn $(MOL_PREFIXES)
+
+# Lint first (cheap), then every test on two pytest-xdist workers (the tests mostly wait
+# on ansible and ssh); tests sharing a session lab stay on one worker (xdist_group, set in
+# tests/integration/conftest.py). Lab hosts are removed whatever happens.
 test: setup
 	@trap '$(MAKE) --no-print-directory lab-down' EXIT; \
 	$(MAKE) --no-print-directory lint && \
-	$(VENV)/python -m pytest tests -p no:cacheprovider
+	$(VENV)/python -m pytest tests -p no:cacheprovider -n 2 --dist loadgroup
 
 lint:
 	$(VENV)/ruff check veris_remediate tests bench
@@ -29,7 +37,7 @@ unit: setup
 	$(VENV)/python -m pytest tests/unit
 
 lab-down:
-	@for p in lab mol lt bn; do $(VR) lab down --prefix $$p >/dev/null 2>&1 || true; done
+	@for p in $(LAB_PREFIXES); do $(VR) lab down --prefix $$p >/dev/null 2>&1 & done; wait
 
 clean: lab-down
 	rm -rf .state

@@ -31,9 +31,9 @@ TOO_MANY = FIXTURES / "payloads" / "db-too-many-connections.json"
 DOWN = FIXTURES / "payloads" / "db-down.json"
 AUTH = FIXTURES / "payloads" / "db-auth-failures.json"
 SENTINEL = FIXTURES / "payloads" / "db-sentinel-s6-backup-restore.json"
-POLICY = FIXTURES / "inventory" / "db-relief.yml"  # veris_postgres {idle_age: 10}
+POLICY = FIXTURES / "inventory" / "db-relief.yml"  # veris_postgres {idle_age: 20}
 RESTART_POLICY = FIXTURES / "inventory" / "db-restart.yml"  # ... and restart_last_resort
-IDLE_AGE = 10
+IDLE_AGE = 20  # the young session must stay younger across diagnose and the check run, under load
 SESSION_SCRIPT = """\
 import sys, time, psycopg2
 mode, user, label = sys.argv[1:4]
