@@ -960,7 +960,7 @@ _subnet = click.option(
     "--with",
     "features",
     multiple=True,
-    type=click.Choice(["postgres", "docker"]),
+    type=click.Choice(["postgres", "docker", "execnode"]),
     help="Also run PostgreSQL and/or Docker (with a container 'web') on every host; "
     "repeatable. Lean hosts mask them.",
 )

@@ -168,9 +168,15 @@ class Remediator:
         self.guards = Guards(self.store, self.settings, self.audit)
         # Set by the CLI's SIGTERM handler: the fix run in flight is cancelled and rolled back.
         self.terminating = False
-        # The runner polls this while a run is in flight.
-        self.executor: Executor = executor or AnsibleRunnerExecutor(
-            cancel=self.should_cancel, on_report=self.on_report
+        # The runner polls this while a run is in flight. Runs go to the execution node
+        # the settings name, if any (execnode.py), else run here.
+        from .execnode import ExecutionNode, StreamingExecutor
+
+        node = ExecutionNode.from_settings(self.settings)
+        self.executor: Executor = executor or (
+            StreamingExecutor(node, cancel=self.should_cancel, on_report=self.on_report)
+            if node is not None
+            else AnsibleRunnerExecutor(cancel=self.should_cancel, on_report=self.on_report)
         )
 
     def on_report(self, request: RunRequest, host: str, report: Report) -> None:

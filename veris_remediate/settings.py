@@ -73,6 +73,22 @@ class Settings(BaseModel):
     serve_request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     serve_drain_seconds: int = Field(default=120, ge=0, le=3600)
     serve_dedupe_window_seconds: int = Field(default=300, ge=1, le=86_400)
+    # Finished queue rows are the memory that deduplicates re-sends of one incident: keep
+    # them longer than any Alertmanager repeat_interval (default 4 h), then delete them.
+    serve_retention_hours: int = Field(default=168, ge=1, le=87_600)
+    # A claimed queue row whose owner has not renewed its heartbeat for this long (a
+    # receiver on another machine that died) goes back to the queue.
+    serve_claim_ttl_seconds: int = Field(default=120, ge=10, le=86_400)
+
+    # Runs on an execution node (execnode.py, docs/SCALING.md): ssh://[user@]host[:port];
+    # unset, ansible-runner runs here. The key logs the controller in to the node; the
+    # target key is sent with each run for the node to reach the hosts (a run with a
+    # short-lived certificate sends that instead); unset, the node's own SSH setup.
+    execution_node: str | None = None
+    execution_node_key_file: Path | None = None
+    execution_node_ssh_args: str = ""  # extra ssh options, e.g. -o UserKnownHostsFile=…
+    execution_node_runner: str = "ansible-runner"  # its path on the node
+    execution_node_target_key_file: Path | None = None
 
 
 # Every environment variable the library reads, and the Settings field it sets.
@@ -119,6 +135,13 @@ ENV_MAP: Mapping[str, str] = {
     "VERIS_SERVE_REQUEST_TIMEOUT_SECONDS": "serve_request_timeout_seconds",
     "VERIS_SERVE_DRAIN_SECONDS": "serve_drain_seconds",
     "VERIS_SERVE_DEDUPE_WINDOW_SECONDS": "serve_dedupe_window_seconds",
+    "VERIS_SERVE_RETENTION_HOURS": "serve_retention_hours",
+    "VERIS_SERVE_CLAIM_TTL_SECONDS": "serve_claim_ttl_seconds",
+    "VERIS_EXECUTION_NODE": "execution_node",
+    "VERIS_EXECUTION_NODE_KEY_FILE": "execution_node_key_file",
+    "VERIS_EXECUTION_NODE_SSH_ARGS": "execution_node_ssh_args",
+    "VERIS_EXECUTION_NODE_RUNNER": "execution_node_runner",
+    "VERIS_EXECUTION_NODE_TARGET_KEY_FILE": "execution_node_target_key_file",
 }
 
 

@@ -10,6 +10,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -51,10 +52,14 @@ NEEDED_UNITS = frozenset({"ssh.service", "nginx.service", "redis-server.service"
 FEATURE_UNITS: dict[str, tuple[str, ...]] = {
     "postgres": ("postgresql.service",),
     "docker": ("docker.service", "docker.socket", "containerd.service"),
+    # An execution node (execnode.py): no unit, the controller's Python and venv (with
+    # ansible-runner) bind-mounted read-only at their own paths (execnode_binds).
+    "execnode": (),
 }
 FEATURE_NEEDS: dict[str, frozenset[str]] = {
     "postgres": frozenset({"postgresql@15-main.service"}),
     "docker": frozenset({"docker.service", "veris-lab-web.service"}),
+    "execnode": frozenset(),
 }
 SSH_OPTIONS = (
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -84,6 +89,26 @@ _JOIN_CGROUPS_AND_EXEC = (
     'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; '
     'shift; n=$((n - 1)); done; exec "$@"'
 )
+
+
+def execnode_binds() -> tuple[Path, ...]:
+    """What an execution-node host mounts read-only at the same paths: the venv this process
+    runs from (ansible-runner, ansible-core, collections) and the Python it links to.
+
+    The cached root file system stays as it is. A Python under /usr is the host's own
+    Debian one (same release as the root file system): never mounted over it.
+    """
+    paths: list[Path] = []
+    for prefix in (sys.prefix, sys.base_prefix):
+        path = Path(prefix).resolve()
+        if path.is_relative_to("/usr") or path == Path("/") or path in paths:
+            continue
+        if set(str(path)) & set(":,"):  # nspawn's --bind-ro=SRC[:DST[:OPTS]] cannot carry it
+            raise LabError(f"execnode: cannot bind-mount {path} (':' or ',' in the path)")
+        paths.append(path)
+    if not (Path(sys.prefix) / "bin" / "ansible-runner").exists():
+        raise LabError(f"execnode: no ansible-runner in {sys.prefix}/bin to lend the host")
+    return tuple(paths)
 
 
 class LabHost(BaseModel):
@@ -388,6 +413,7 @@ class Lab:
               for feature, units in FEATURE_UNITS.items() if feature not in features
               for unit in units),
             *(["--system-call-filter=add_key keyctl"] if "docker" in features else []),
+            *(f"--bind-ro={path}" for path in (execnode_binds() if "execnode" in features else ())),
         ]  # fmt: skip
         procs = [str(cgroup / "cgroup.procs") for cgroup in cgroups]
         # posix_spawn, not Popen: nothing runs in the child before exec (no preexec_fn), the
