@@ -14,7 +14,6 @@ import hmac
 import json
 import logging
 import os
-import stat
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
 from .exceptions import AuditError
+from .private_files import read_private_file
 from .redaction import redact
 
 if TYPE_CHECKING:
@@ -56,18 +56,7 @@ def _digest(prev: str, body: Mapping[str, Any], key: bytes | None = None) -> str
 
 def load_key(path: Path) -> bytes:
     """The audit key in ``path``: a private (0600), non-empty regular file; whitespace stripped."""
-    try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise AuditError(f"the audit key file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise AuditError(
-                f"the audit key file {path} is open to group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
-            )
-        key = path.read_bytes().strip()
-    except OSError as exc:
-        raise AuditError(f"cannot read the audit key file {path}: {exc.strerror}") from exc
+    key = read_private_file(path, "the audit key file", AuditError).strip()
     if not key:
         raise AuditError(f"the audit key file {path} is empty")
     if len(key) < MIN_KEY_BYTES:

@@ -23,9 +23,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import queue
-import stat
 import threading
 import time
 import urllib.error
@@ -38,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from .exceptions import AuditError, UsageError
+from .private_files import read_private_file
 from .redaction import redact, redact_text
 from .report import RunReport
 from .settings import Settings
@@ -140,18 +139,11 @@ def parse_targets(spec: str, token: str | None = None) -> tuple[Target, ...]:
 
 def read_token(path: Path) -> str:
     """A bearer token from a private (not group/other readable), non-empty, one-line file."""
+    raw = read_private_file(path, "the notify token file")
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"the notify token file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise UsageError(
-                f"the notify token file {path} is open to group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
-            )
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the notify token file {path}: {exc}") from exc
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"the notify token file {path} is not UTF-8") from exc
     if not token or any(c in token for c in "\r\n\0"):
         raise UsageError(f"the notify token file {path} must hold one non-empty line")
     return token

@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import shutil
-import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from .exceptions import RunnerError, UsageError
+from .private_files import check_private_file
 
 MAX_MINUTES = 15
 SKEW = timedelta(minutes=1)
@@ -68,19 +68,7 @@ def _ssh_time(moment: datetime) -> str:
 def check_ca_key(ca_key: Path) -> Path:
     """The CA private key's absolute path; refuse one that is missing or readable by others."""
     path = Path(ca_key).expanduser().absolute()
-    try:
-        info = path.stat()
-    except FileNotFoundError as exc:
-        raise UsageError(f"SSH CA key {path} does not exist (VERIS_SSH_CA_KEY)") from exc
-    except OSError as exc:
-        raise UsageError(f"SSH CA key {path} cannot be read: {exc.strerror}") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise UsageError(f"SSH CA key {path} is not a regular file")
-    if info.st_mode & 0o077:
-        raise UsageError(
-            f"SSH CA key {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); refusing to sign with it: chmod 600 it"
-        )
+    info = check_private_file(path, "the SSH CA key (VERIS_SSH_CA_KEY)")
     if info.st_uid != os.geteuid():
         raise UsageError(f"SSH CA key {path} is not owned by the user running veris-remediate")
     return path

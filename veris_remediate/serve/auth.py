@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
-import stat
 from pathlib import Path
 from typing import Literal
 
 from ..exceptions import UsageError
+from ..private_files import read_private_file
 from ..settings import Settings
 
 MIN_TOKEN_CHARS = 16
@@ -55,19 +54,11 @@ def _checked(token: str, where: str) -> str:
 
 def read_token_file(path: Path) -> str:
     """The token in ``path``: a regular file only its owner can read (0600 or 0400)."""
+    raw = read_private_file(path, "the serve token file")
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(f"the serve token file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise UsageError(
-                f"the serve token file {path} is open to group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
-            )
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-        raise UsageError(f"cannot read the serve token file {path}: {why}") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"cannot read the serve token file {path}: not UTF-8") from exc
     return _checked(text, str(path))
 
 
