@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg.rows import RowMaker
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Written for SQLite; ``postgres_ddl`` says the same in PostgreSQL's words.
 MIGRATIONS: dict[int, str] = {
@@ -127,6 +127,12 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE UNIQUE INDEX queue_incident ON queue (incident);
     CREATE INDEX queue_status ON queue (status, id);
+    """,
+    # A claim's heartbeat (a receiver on another machine that died stops renewing it), and
+    # finished rows found by age (retention) without reading the whole queue.
+    3: """
+    ALTER TABLE queue ADD COLUMN heartbeat TEXT;
+    CREATE INDEX queue_finished ON queue (finished);
     """,
 }
 

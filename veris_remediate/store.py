@@ -195,6 +195,7 @@ class QueueEntry(BaseModel):
     run_id: str | None = None
     outcome: str | None = None
     error: str | None = None
+    heartbeat: datetime | None = None  # last renewal of the claim by its owner
 
 
 class QueueStats(BaseModel):
@@ -229,7 +230,12 @@ class _QueueMixin:
     """The durable intake queue of ``serve``: one row per incident (fingerprint + start).
 
     The unique incident key is the deduplication: Alertmanager HA pairs, retries and
-    repeat-interval re-sends of one incident insert nothing new.
+    repeat-interval re-sends of one incident insert nothing new. Finished rows are that
+    memory, so they are kept for a retention period (``prune_queue``), longer than any
+    repeat interval. A claimed row carries its owner (``host:pid``) and a heartbeat the
+    owner renews while it holds the row (``heartbeat_claims``): a row whose owner died on
+    this machine, or whose heartbeat went stale (an owner on another machine that died),
+    goes back to the queue (``recover_queue``).
     """
 
     _tx: Any
@@ -265,10 +271,11 @@ class _QueueMixin:
             ).fetchone()
             if row is None:
                 return None
+            t = _iso(now())
             db.execute(
-                "UPDATE queue SET status = 'running', started = ?, owner = ?, "
+                "UPDATE queue SET status = 'running', started = ?, heartbeat = ?, owner = ?, "
                 "attempts = attempts + 1 WHERE id = ?",
-                (_iso(now()), process_owner(), row["id"]),
+                (t, t, process_owner(), row["id"]),
             )
             claimed = db.execute("SELECT * FROM queue WHERE id = ?", (row["id"],)).fetchone()
         if claimed is None:  # updated in this very transaction: cannot happen
@@ -295,7 +302,8 @@ class _QueueMixin:
         """Back to the queue (a deferred host, a crash): it runs again later."""
         with self._tx() as db:
             db.execute(
-                "UPDATE queue SET status = 'queued', owner = NULL, error = ? WHERE id = ?",
+                "UPDATE queue SET status = 'queued', owner = NULL, heartbeat = NULL, error = ? "
+                "WHERE id = ?",
                 (error, entry_id),
             )
 
@@ -316,18 +324,57 @@ class _QueueMixin:
             )
         return ids
 
-    def recover_queue(self) -> int:
-        """On start: work a dead process was running goes back to the queue."""
+    def recover_queue(self, stale_after: float | None = None) -> int:
+        """Claimed work whose owner is gone goes back to the queue: an owner of this machine
+        that no longer exists, and (with ``stale_after`` seconds) any other process but
+        this one whose heartbeat is older than that — an owner on another machine that
+        died, or one that stopped renewing its claims. Returns how many rows went back."""
+        me = process_owner()
+        cutoff = now() - timedelta(seconds=stale_after) if stale_after is not None else None
         with self._tx() as db:
-            rows = db.execute("SELECT id, owner FROM queue WHERE status = 'running'").fetchall()
-            dead = [r["id"] for r in rows if r["owner"] is None or not owner_alive(r["owner"])]
-            for entry_id in dead:
+            rows = db.execute(
+                "SELECT id, owner, started, heartbeat FROM queue WHERE status = 'running'"
+            ).fetchall()
+            back: list[tuple[int, str]] = []
+            for r in rows:
+                owner = r["owner"]
+                if owner is None or not owner_alive(owner):
+                    back.append((r["id"], "requeued after its process died"))
+                    continue
+                beat = _when(r["heartbeat"] or r["started"])
+                if cutoff is not None and owner != me and (beat is None or beat < cutoff):
+                    why = f"requeued: its owner {owner} stopped renewing its claim"
+                    back.append((r["id"], f"{why} ({stale_after:g}s)"))
+            for entry_id, why in back:
                 db.execute(
-                    "UPDATE queue SET status = 'queued', owner = NULL, "
-                    "error = 'requeued after its process died' WHERE id = ?",
-                    (entry_id,),
+                    "UPDATE queue SET status = 'queued', owner = NULL, heartbeat = NULL, "
+                    "error = ? WHERE id = ? AND status = 'running'",
+                    (why, entry_id),
                 )
-        return len(dead)
+        return len(back)
+
+    def heartbeat_claims(self) -> int:
+        """Renew the heartbeat of every row this process holds (claimed, running or waiting
+        its turn); how many it renewed."""
+        with self._tx() as db:
+            renewed: int = db.execute(
+                "UPDATE queue SET heartbeat = ? WHERE status = 'running' AND owner = ?",
+                (_iso(now()), process_owner()),
+            ).rowcount
+        return renewed
+
+    def prune_queue(self, retain_seconds: float, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` rows finished (done, cancelled, failed) more than
+        ``retain_seconds`` ago, oldest first; how many. Their incident keys are the
+        deduplication memory: retain them longer than any sender's repeat interval."""
+        cutoff = _iso(now() - timedelta(seconds=retain_seconds))
+        with self._tx() as db:
+            pruned: int = db.execute(
+                "DELETE FROM queue WHERE id IN (SELECT id FROM queue WHERE finished < ? "
+                "AND status IN ('done', 'cancelled', 'failed') ORDER BY finished LIMIT ?)",
+                (cutoff, limit),
+            ).rowcount
+        return pruned
 
     def queue_entry(self, entry_id: int) -> QueueEntry | None:
         rows = self._rows("SELECT * FROM queue WHERE id = ?", (entry_id,))

@@ -28,6 +28,7 @@ from veris_remediate.store import (
     BreakerRow,
     StateError,
     StateStore,
+    lease_owner,
     now,
     process_owner,
 )
@@ -247,7 +248,7 @@ def test_lease_renew_release_and_expiry(estate: Estate) -> None:
     store = estate.open()
     lease = store.acquire_lease("h1", "run-1", 600)
     assert lease is not None
-    assert lease.owner == process_owner()
+    assert lease.owner == lease_owner()  # this thread of this process
     assert store.lease("h1") == lease  # times read back exactly as written
     assert store.acquire_lease("h1", "run-2", 600) is not None  # our own: taken over
     assert store.renew_lease("h1", 1200)
@@ -276,7 +277,7 @@ def test_another_machines_lease_holds_until_its_ttl_runs_out(estate: Estate) -> 
         )
     taken = store.acquire_lease("h1", "run-y", 600)
     assert taken is not None
-    assert taken.owner == process_owner()
+    assert taken.owner == lease_owner()
 
 
 def test_a_dead_local_holders_lease_is_reclaimed(estate: Estate) -> None:

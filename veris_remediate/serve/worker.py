@@ -8,7 +8,9 @@ through one thread (``Database``), never from the loop itself.
 Recovery belongs to the pool, not to each run: on start it re-queues work a dead process
 was running and finishes remediations it left between snapshot and outcome
 (``Remediator.recover``); later, orphans some other process leaves are recovered while no
-run of this process is in flight.
+run of this process is in flight. The pool renews a heartbeat on every row it holds, until
+its last run ends, so a receiver on another machine can tell a claim of a dead one
+(``serve_claim_ttl_seconds``); finished rows older than the retention are pruned.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class WorkerPool:
         self._recovery_due = False
         self._orphans_tried: set[tuple[str, str]] = set()
         self._orphans_forgotten_at = 0.0
+        self._beat: asyncio.Task[None] | None = None
         self.state = PoolState()
 
     # -- life cycle -----------------------------------------------------------------------
@@ -137,6 +140,7 @@ class WorkerPool:
     def start(self) -> None:
         """Recover, then dispatch; both in the background (intake is up meanwhile)."""
         self._tasks.append(asyncio.create_task(self._boot(), name="veris-serve-dispatch"))
+        self._beat = asyncio.create_task(self._heartbeat(), name="veris-serve-heartbeat")
 
     def wake(self) -> None:
         self._wake.set()
@@ -180,6 +184,10 @@ class WorkerPool:
                 [task for _, _, task in self._running.values()], timeout=CANCEL_GRACE_SECONDS
             )
         left = len(self._running)
+        if self._beat is not None:  # renewed until now: nobody took over a run still going
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._beat
         self._threads.shutdown(wait=False, cancel_futures=True)
         if left:
             logger.error("%d run(s) still in flight; the next start recovers them", left)
@@ -191,6 +199,18 @@ class WorkerPool:
             if not remediator.terminating:
                 logger.info("incident #%d: cancelling its fix run (shutdown)", job.entry.id)
             remediator.terminating = True
+
+    async def _heartbeat(self) -> None:
+        """Renew this process's claims a few times per claim TTL, whatever else it does."""
+        every = max(self.settings.serve_claim_ttl_seconds / 4, 1.0)
+        while True:
+            try:
+                await self.db.run(self.db.store.heartbeat_claims)
+            except VerisError as exc:
+                logger.error("claim heartbeat: %s", exc.message)
+            except Exception:
+                logger.exception("claim heartbeat: unexpected error; going on")
+            await asyncio.sleep(every)
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -361,7 +381,7 @@ class WorkerPool:
 
     async def _recover(self, *, first: bool) -> None:
         store = self.db.store
-        requeued = await self.db.run(store.recover_queue)
+        requeued = await self.db.run(store.recover_queue, self.settings.serve_claim_ttl_seconds)
         if first:  # our own name on a running row (a restarted container's pid 1): not running
             mine = await self.db.run(_requeue_own, store, set())
             requeued += mine
@@ -380,6 +400,18 @@ class WorkerPool:
                 "recovered run %s on %s: %s", report.run_id, ", ".join(report.hosts), report.outcome
             )
 
+    async def _requeue_stale(self) -> None:
+        """Claims of dead receivers back to the queue; finished rows past retention out."""
+        store, settings = self.db.store, self.settings
+        requeued = await self.db.run(store.recover_queue, settings.serve_claim_ttl_seconds)
+        if requeued:
+            logger.info("re-queued %d incident(s) whose receiver stopped holding them", requeued)
+            self.wake()
+        retain = max(settings.serve_retention_hours * 3600, settings.serve_dedupe_window_seconds)
+        pruned = await self.db.run(store.prune_queue, retain)
+        if pruned:
+            logger.debug("pruned %d finished queue row(s) past retention", pruned)
+
     async def _maybe_recover(self) -> None:
         loop = asyncio.get_running_loop()
         if not self._recovery_due and loop.time() < self._next_recovery_check:
@@ -393,7 +425,7 @@ class WorkerPool:
                 _orphans_waiting, self.db.store, self._hosts, self.settings.lease_ttl_seconds
             )
             fresh = waiting - self._orphans_tried
-            await self.db.run(self.db.store.recover_queue)
+            await self._requeue_stale()
             if not fresh:
                 return
             self._orphans_tried |= fresh
