@@ -51,44 +51,6 @@ class LabHandle:
         self.lab.reset_host(host, timeout=120)
 
 
-# pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): the session labs below have fixed
-# host names (lab1, lab2, fx1), so two workers must never both boot one. Every test that
-# uses one, directly or through another fixture, joins that lab's xdist_group, and
-# loadgroup runs a group on one worker; a test using two labs merges their groups. Any
-# other integration test runs with the rest of its module (its module fixtures may hold a
-# fixed name too: a lab prefix, a port). Unit and molecule tests are spread one by one.
-SESSION_LABS = ("lab", "feature_lab")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    parent = {name: name for name in SESSION_LABS}
-
-    def root(name: str) -> str:
-        while parent[name] != name:
-            name = parent[name]
-        return name
-
-    uses = {
-        item: [n for n in SESSION_LABS if n in getattr(item, "fixturenames", ())] for item in items
-    }
-    for labs in uses.values():
-        for other in labs[1:]:
-            parent[root(other)] = root(labs[0])
-    for item, labs in uses.items():
-        if item.get_closest_marker("xdist_group") is not None:
-            if labs:
-                raise pytest.UsageError(
-                    f"{item.nodeid} uses the session lab {labs[0]!r}: it may not set its own "
-                    "xdist_group (tests/integration/conftest.py groups it)"
-                )
-            continue
-        if labs:
-            item.add_marker(pytest.mark.xdist_group(root(labs[0])))
-        elif item.path.is_relative_to(here):
-            item.add_marker(pytest.mark.xdist_group(item.path.relative_to(here).as_posix()))
-
-
 def _require_lab() -> None:
     try:
         require_root_and_tools()
