@@ -18,11 +18,13 @@ and gives both the same guarantees:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -194,6 +196,10 @@ class _SqliteDb:
         return self._conn.execute(sql, cast("Any", tuple(args)))
 
 
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return any(word in str(exc) for word in ("locked", "busy"))
+
+
 class SqliteDatabase:
     """A file in the state dir (0600), WAL, one writer at a time (``BEGIN IMMEDIATE``)."""
 
@@ -221,11 +227,25 @@ class SqliteDatabase:
             raise StateError(f"cannot open the state store {self.where}: {exc}") from exc
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={LOCK_WAIT_SECONDS * 1000}")
-            self._migrate(conn)
-        except sqlite3.Error as exc:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # Switching a fresh file to WAL takes a lock SQLite does not wait for (processes opening
+            # a fresh estate at once saw "database is locked"); one opener at a time does it.
+            # A process closing the last connection checkpoints under a lock that is not waited
+            # for either, so a busy answer here is retried until the busy timeout.
+            with self._opening():
+                deadline = time.monotonic() + LOCK_WAIT_SECONDS
+                while True:
+                    try:
+                        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                            conn.execute("PRAGMA journal_mode=WAL")
+                        self._migrate(conn)
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if not _busy(exc) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+        except (OSError, sqlite3.Error) as exc:
             conn.close()
             raise StateError(f"cannot open the state store {self.where}: {exc}") from exc
         except BaseException:
@@ -233,6 +253,28 @@ class SqliteDatabase:
             raise
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    @contextlib.contextmanager
+    def _opening(self) -> Iterator[None]:
+        """An exclusive ``flock`` on ``<state file>.open-lock`` for as long as the switch to WAL and
+        the migrations take, waited for up to the busy timeout."""
+        lock_path = self.path.with_name(self.path.name + ".open-lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_SECONDS
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise sqlite3.OperationalError(
+                            f"another process has held {lock_path} for {LOCK_WAIT_SECONDS} s"
+                        ) from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
