@@ -298,6 +298,36 @@ class Inventory(BaseModel):
     hosts: dict[str, InventoryHost]
 
 
+# The host variables parse_inventory_listing reads; nothing else of a listing is kept on disk.
+READ_HOSTVARS = (
+    "ansible_host",
+    "veris_services",
+    "veris_firewall",
+    "veris_cache",
+    "veris_postgres",
+)
+
+
+def _read_part(stdout: str) -> str:
+    """The part of an ``ansible-inventory --list`` listing this module reads: the groups and,
+    of each host's variables, only READ_HOSTVARS (others, passwords among them, never reach
+    the state dir's inventory cache). Raises ValueError on anything but a listing."""
+    listing = json.loads(stdout)
+    meta = listing.get("_meta") if isinstance(listing, dict) else None
+    hostvars = meta.get("hostvars") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or not isinstance(hostvars, dict):
+        raise ValueError("not an ansible-inventory listing")
+    meta["hostvars"] = {
+        host: (
+            {k: v for k, v in variables.items() if k in READ_HOSTVARS}
+            if isinstance(variables, dict)
+            else variables
+        )
+        for host, variables in hostvars.items()
+    }
+    return json.dumps(listing)
+
+
 def parse_inventory_listing(listing: Mapping[str, Any], sources: Sequence[Path]) -> Inventory:
     """Build an Inventory from the JSON of ``ansible-inventory --list`` (no I/O)."""
     meta = listing.get("_meta")
@@ -422,7 +452,7 @@ def load_inventory(sources: Sequence[Path], *, cache_dir: Path | None = None) ->
     }
     try:
         done = run_ansible_inventory(
-            argv, sources, env=env, timeout=TIMEOUT_SECONDS, cache_dir=cache_dir
+            argv, sources, env=env, timeout=TIMEOUT_SECONDS, cache_dir=cache_dir, kept=_read_part
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise InventoryError(f"could not run ansible-inventory: {exc}") from exc

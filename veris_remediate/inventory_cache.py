@@ -29,7 +29,7 @@ import re
 import stat
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # A YAML inventory source that names a plugin is a plugin's config: dynamic, never cached.
@@ -179,12 +179,14 @@ def run_ansible_inventory(
     env: Mapping[str, str],
     timeout: float,
     cache_dir: Path | None,
+    kept: Callable[[str], str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``subprocess.run(argv)`` of ``ansible-inventory --list``, or its stored output.
 
     Without ``cache_dir`` it only runs the command. A hit returns the stored output as
-    a successful run; a successful run is stored. Errors of the run are raised as
-    ``subprocess.run`` raises them.
+    a successful run; a successful run is stored — only ``kept(stdout)`` of it when given
+    (the caller's reader needs no more, and host variables may hold secrets). Errors of the
+    run are raised as ``subprocess.run`` raises them.
     """
     cache = None if cache_dir is None else InventoryCache(cache_dir, sources, argv[0], env)
     if cache is not None and (stdout := cache.load()) is not None:
@@ -193,5 +195,7 @@ def run_ansible_inventory(
         list(argv), capture_output=True, text=True, env=dict(env), timeout=timeout, check=False
     )
     if cache is not None and done.returncode == 0:
-        cache.store(done.stdout)
+        # Not a listing ``kept`` can read: not stored, and Ansible runs next time too.
+        with contextlib.suppress(ValueError):
+            cache.store(done.stdout if kept is None else kept(done.stdout))
     return done

@@ -210,7 +210,10 @@ class Remediator:
             assert not isinstance(arg, Inventory)
             # One path (str or path-like) or several: a str is a path, never its characters.
             paths = [arg] if isinstance(arg, str | os.PathLike) else list(arg)
-            self._inventory = load_inventory([Path(p) for p in paths])
+            # The listing is reused while no input of it changed (inventory_cache.py).
+            self._inventory = load_inventory(
+                [Path(p) for p in paths], cache_dir=self.settings.state_dir / "cache"
+            )
         return self._inventory
 
     @property

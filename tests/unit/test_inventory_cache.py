@@ -269,3 +269,23 @@ def test_load_inventory_parses_and_checks_a_cached_listing_the_same_way(
     cached = load_inventory([source], cache_dir=tmp_path / "cache")
     assert fake.calls == 1
     assert cached == fresh == parse_inventory_listing(listing(), [source])
+
+
+def test_host_variables_the_parser_does_not_read_never_reach_the_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = tmp_path / "lab.yml"
+    source.write_text((FIXTURES / "lab.yml").read_text())
+    data = listing()
+    for variables in data["_meta"]["hostvars"].values():
+        variables["ansible_become_password"] = "planted-become-7f3a"
+        variables["app_db_password"] = "planted-db-91c2"
+    fake = CountingRun(json.dumps(data))
+    monkeypatch.setattr(subprocess, "run", fake)
+    fresh = load_inventory([source], cache_dir=tmp_path / "cache")
+    cached = load_inventory([source], cache_dir=tmp_path / "cache")
+    assert fake.calls == 1
+    assert cached == fresh
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert b"ansible_host" in stored
+    assert b"planted-" not in stored
