@@ -37,7 +37,7 @@ class Replay:
         inventory = (
             recorded.inventory(scenario) if (folder / "inventory.json").is_file() else None
         ) or lab_inventory()
-        monkeypatch.setattr(pipeline, "load_inventory", lambda sources: inventory)
+        monkeypatch.setattr(pipeline, "load_inventory", lambda sources, **_: inventory)
         monkeypatch.setattr(
             pipeline, "AnsibleRunnerExecutor", lambda **_: recorded.RecordedExecutor(scenario)
         )
