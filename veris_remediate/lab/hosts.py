@@ -42,6 +42,7 @@ from .system import (
     is_nspawn,
     make_cgroups,
     nspawn_processes,
+    raise_inotify_limits,
 )
 
 logger = logging.getLogger(__name__)
@@ -290,6 +291,7 @@ class Lab:
             names = [f"{self.prefix}{k}" for k in range(1, count + 1)]
             fresh: dict[str, float] = {}  # booted now: when
             state = state.model_copy(update={"rootfs": str(rootfs)})
+            raise_inotify_limits()
             for name in names:
                 record = state.hosts.get(name)
                 if record is not None and is_nspawn(record.pid, name):
