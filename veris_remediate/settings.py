@@ -31,7 +31,14 @@ class Settings(BaseModel):
     job_timeout: int = Field(default=300, ge=10)
     idle_timeout: int = Field(default=120, ge=5)
     health_retries: int = Field(default=10, ge=1, le=120)
+    # Seconds between verify rounds. Only a service that is not healthy at the first round
+    # (a slow starter) waits them; shorter would also shorten the window health_retries
+    # rounds give it (docs/BENCHMARKS.md: no round but the first ran in any measured fix).
     health_delay: int = Field(default=1, ge=1, le=30)
+    # How long the unit must have been active when verify first probes it: catches a
+    # service that dies right after it reports started. Counted from its activation
+    # (service_health verify), so a start that already took that long waits nothing and a
+    # fast one only the rest (~0.35 s measured, down from the full second it cost).
     settle_seconds: int = Field(default=1, ge=0, le=60)
     max_hosts: int = Field(default=3, ge=1)
     history_hours: int = Field(default=24, ge=1)

@@ -22,15 +22,16 @@ def test_diagnosis_is_one_probe_task() -> None:
     ran = [t for t in hs.tasks if t.status != "skipped"]
     probes = [t for t in ran if t.action.endswith("service_health_probe")]
     assert [t.task for t in probes] == ["Probe the service"]
-    # The rest of the check run reads the units once and predicts the start.
+    # The rest of the check run only predicts the start: its snapshot reuses the diagnosis's
+    # reading of the units (service_restart_assessment), and no argument spec is re-checked.
     remote = [
         t for t in ran if not t.action.endswith(("debug", "set_fact", "validate_argument_spec"))
     ]
     assert [t.task for t in remote] == [
         "Probe the service",
-        "Read the state of each unit",
         "Start the service, or restart it when it runs but is unhealthy",
     ]
+    assert not [t for t in ran if t.action.endswith("validate_argument_spec")]
 
 
 def test_check_run_of_a_required_dependency_predicts_it_first() -> None:

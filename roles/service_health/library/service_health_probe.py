@@ -18,8 +18,10 @@ description:
     shell), recent errors (C(journalctl -o json), the C(MESSAGE) fields), the state of the
     units it depends on (declared, and its own C(Requires=)/C(BindsTo=)), for a container
     C(docker inspect), and the free space of the filesystems it needs (statvfs).
-  - With I(retries), probes again every I(delay) seconds until healthy (after waiting
-    I(settle_seconds)): the verify rounds after a fix cost one task.
+  - With I(retries), probes again every I(delay) seconds until healthy (once the unit has
+    been active for I(settle_seconds)): the verify rounds after a fix cost one task.
+  - With I(report_kind), the result also carries the report as C(veris_report) (with that
+    C(kind)): the task is the report, no task of its own emits it.
 options:
   unit:
     description:
@@ -112,7 +114,11 @@ options:
     type: int
     default: 500
   settle_seconds:
-    description: Seconds to wait before the first round.
+    description:
+      - How long a systemd unit must have been active before the first round, counted from
+        when systemd marked it active (C(ActiveEnterTimestampMonotonic)): a start earlier in
+        the run counts, so only the rest is waited. A container, or a unit that is not
+        active, waits it all.
     type: float
     default: 0
   retries:
@@ -123,6 +129,9 @@ options:
     description: Seconds between rounds.
     type: float
     default: 2
+  report_kind:
+    description: Also return the report as C(veris_report) with this C(kind); null for none.
+    type: str
 author: veris-remediate
 """
 
@@ -141,6 +150,10 @@ RETURN = r"""
 report:
   description: The health report (role_reports/service.py ServiceHealth), without C(kind).
   returned: unless only_config
+  type: dict
+veris_report:
+  description: The report with C(kind) set to I(report_kind) (the orchestrator's channel).
+  returned: when report_kind is set
   type: dict
 config_checked:
   description: Whether the config files were validated.
@@ -667,6 +680,21 @@ def probe_round(module, params, config):
     }
 
 
+def settle_wait(module, params):
+    """Seconds still to wait so the unit has been active for ``settle_seconds``."""
+    settle = params["settle_seconds"]
+    if settle <= 0 or params["container"]:
+        return max(settle, 0)
+    show = read_units(module, [params["unit"]], ("ActiveState", "ActiveEnterTimestampMonotonic"))
+    state = show[0] if show else {}
+    entered = as_int(state.get("ActiveEnterTimestampMonotonic")) or 0
+    if state.get("ActiveState") != "active" or entered <= 0:
+        return settle
+    # systemd's monotonic timestamps are CLOCK_MONOTONIC, as is time.monotonic() on Linux.
+    age = time.monotonic() - entered / 1e6
+    return settle if age < 0 else max(settle - age, 0)
+
+
 def add_journal(module, params, report):
     """The service's last log lines, and its recent errors, into ``report``."""
     if params["container"]:
@@ -718,6 +746,7 @@ def main():
             settle_seconds=dict(type="float", default=0),
             retries=dict(type="int", default=0),
             delay=dict(type="float", default=2),
+            report_kind=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -735,8 +764,9 @@ def main():
     if params["only_config"]:
         module.exit_json(changed=False, config_checked=checked, config_valid=valid,
                          config_errors=errors)
-    if params["settle_seconds"] > 0:
-        time.sleep(params["settle_seconds"])
+    wait = settle_wait(module, params)
+    if wait > 0:
+        time.sleep(wait)
     rounds = 0
     while True:
         rounds += 1
@@ -749,8 +779,11 @@ def main():
         add_journal(module, params, report)
     report.pop("invocation_id", None)
     report["rounds"] = rounds
+    extra = {}
+    if params["report_kind"]:
+        extra["veris_report"] = dict(report, kind=params["report_kind"])
     module.exit_json(changed=False, report=report, config_checked=checked, config_valid=valid,
-                     config_errors=errors)
+                     config_errors=errors, **extra)
 
 
 if __name__ == "__main__":

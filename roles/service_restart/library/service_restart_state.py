@@ -15,6 +15,9 @@ description:
   - With I(requires_of), also reads that unit's own C(Requires=)/C(BindsTo=) (slices and
     targets aside) and, when any unit is a container, the Docker engine C(docker.service),
     leaving out units already listed; in the order their own C(After=) gives.
+  - With I(report_kind), the result also carries C(veris_report) with that C(kind), the
+    I(units) as C(units) and the required units as C(required) (the C(units.snapshot)
+    report): the task is the report, no task of its own emits it.
 options:
   units:
     description: Units in order, each C(unit) and C(container) (null for a systemd unit).
@@ -42,6 +45,9 @@ options:
     description: Length each error line is cut to.
     type: int
     default: 500
+  report_kind:
+    description: Also return C(veris_report) (C(units), C(required)) with this C(kind); null for none.
+    type: str
 author: veris-remediate
 """
 
@@ -80,6 +86,10 @@ config_errors:
   description: The failing validators' error lines.
   returned: always
   type: list
+veris_report:
+  description: C({kind, units, required}), I(units) and I(required) as above.
+  returned: when report_kind is set
+  type: dict
 """
 
 import json  # noqa: E402
@@ -215,6 +225,7 @@ def main():
             validate=dict(type="str"),
             config_errors_max=dict(type="int", default=20),
             line_max=dict(type="int", default=500),
+            report_kind=dict(type="str"),
         ),
         supports_check_mode=True,
     )
@@ -261,8 +272,12 @@ def main():
         required.append(state)
         details[unit] = detail
     checked, valid, errors = validate_configs(module)
+    extra = {}
+    if module.params["report_kind"]:
+        extra["veris_report"] = {"kind": module.params["report_kind"], "units": states,
+                                 "required": required}
     module.exit_json(changed=False, states=states, required=required, details=details,
-                     config_checked=checked, config_valid=valid, config_errors=errors)
+                     config_checked=checked, config_valid=valid, config_errors=errors, **extra)
 
 
 if __name__ == "__main__":
