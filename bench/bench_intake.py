@@ -11,8 +11,9 @@ resident memory (VmHWM) and its CPU time per alert, for each state backend side 
 (SQLite in the state dir; PostgreSQL, a throwaway local cluster from tests/pgserver.py).
 
 Then, in this process on the same state backends, what one accepted alert costs on serve's
-database thread, part by part (the code serve runs: ``split``, then ``accept``'s enqueue and
-audit append), so the bound is measured rather than guessed.
+database thread, part by part (``split``, one enqueue, one audit append: a request alone),
+and per alert of a group commit of ``ROUND`` requests (``accept_many``: what serve runs
+when requests arrive together), so the bound is measured rather than guessed.
 
     .venv/bin/python bench/bench_intake.py [--posts 2000] [--concurrency 20] \\
         [--backends sqlite,postgresql] [--time-limit 300]
@@ -48,9 +49,10 @@ sys.path.insert(0, str(ROOT))
 from tests.pgserver import PgServer, pgserver  # noqa: E402
 from tests.serving import ServeProcess  # noqa: E402
 from veris_remediate.audit import AuditLog  # noqa: E402
-from veris_remediate.guards import incident_key  # noqa: E402
+from veris_remediate.guards import Guards, incident_key  # noqa: E402
 from veris_remediate.inventory import Inventory, parse_inventory_listing  # noqa: E402
-from veris_remediate.serve.intake import split  # noqa: E402
+from veris_remediate.serve.intake import Posted, accept_many, split  # noqa: E402
+from veris_remediate.settings import Settings  # noqa: E402
 from veris_remediate.store import StateStore  # noqa: E402
 
 INVENTORY = ROOT / "tests" / "fixtures" / "inventory" / "lab.yml"
@@ -58,6 +60,7 @@ LISTING = ROOT / "tests" / "fixtures" / "inventory" / "lab.listing.json"
 HOSTS = ("lab1", "lab2")
 WARMUP = 50
 UNLOADED = 200  # posted one at a time after the run
+ROUND = 20  # requests in one group commit, for the part-by-part costs
 
 
 def payload(n: int, run: str) -> bytes:
@@ -226,13 +229,18 @@ def _timer(into: list[float]) -> Iterator[None]:
 
 
 def parts(work: Path, backend: str, url: str | None, count: int) -> dict[str, float]:
-    """Median milliseconds of each part of accepting one alert, as serve's DB thread does."""
+    """Median milliseconds of each part of accepting one alert, as serve's DB thread does:
+    alone (``split``, one ``enqueue``, one audit append), then per alert of a group commit
+    of ``ROUND`` requests (``accept_many``: one transaction, one audit append)."""
     state = work / f"parts-{backend}"
     store = StateStore(state, url=url)
     audit = AuditLog(state / "audit.jsonl")
+    settings = Settings(state_dir=state, state_url=url)
+    guards = Guards(store, settings, audit)
     inventory = _inventory()
-    run = secrets.token_hex(4)
+    run, grouped = secrets.token_hex(4), secrets.token_hex(4)
     times: dict[str, list[float]] = {"split": [], "enqueue": [], "audit append": []}
+    rounds: list[float] = []
     try:
         for n in range(count):
             body = payload(n, run)
@@ -242,15 +250,32 @@ def parts(work: Path, backend: str, url: str | None, count: int) -> dict[str, fl
             with _timer(times["enqueue"]):
                 verdict = store.enqueue(
                     incident.key, incident.alert.fingerprint, incident.host, incident.payload,
-                    limit=count + 10,
+                    limit=count * 2 + 10,
                 )  # fmt: skip
             assert verdict == "queued", verdict
             with _timer(times["audit append"]):
                 audit.append("serve.accepted", {"source": "alertmanager",
                              "queued": [incident_key(incident.alert)]}, "req-bench")  # fmt: skip
+        for first in range(0, count, ROUND):
+            received = datetime.now(UTC)
+            posted = [
+                Posted(
+                    intake=split(
+                        payload(n, grouped), inventory, received=received, window_seconds=300
+                    ),
+                    request_id=f"req-bench-{n}",
+                )
+                for n in range(first, min(first + ROUND, count))
+            ]
+            with _timer(rounds):
+                accepted = accept_many(store, guards, audit, posted, limit=count * 2 + 10)
+            assert all(a.count("queued") == 1 for a in accepted)
+            rounds[-1] /= len(posted)
     finally:
         store.close()
-    return {name: statistics.median(values) * 1000 for name, values in times.items()}
+    costs = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    costs[f"round of {ROUND}"] = statistics.median(rounds) * 1000
+    return costs
 
 
 def main() -> int:
@@ -323,7 +348,8 @@ def main() -> int:
         print(f"\n{b['backend']} / {a['backend']}: {b['per_second'] / a['per_second']:.2f}x "
               f"the rate, {b['p99_ms'] / a['p99_ms']:.2f}x the p99")  # fmt: skip
     if costs:
-        print(f"\none alert on serve's database thread, median ms of {args.parts}:")
+        print(f"\none alert on serve's database thread, median ms of {args.parts} (the last: "
+              f"per alert of an accept_many of {ROUND}):")  # fmt: skip
         names = list(next(iter(costs.values())))
         print(f"  {'part':14s} " + " ".join(f"{b:>10s}" for b in costs))
         for name in names:

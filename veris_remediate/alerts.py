@@ -404,6 +404,10 @@ def _text(where: str, value: object) -> str:
         raise ValidationError(f"{where} must be a string")
     if len(value) > MAX_ANNOTATION_VALUE:
         raise ValidationError(f"{where} is longer than {MAX_ANNOTATION_VALUE} characters")
+    if value.isprintable():
+        # Holds no Cc, Cs or Cf character (the bidi controls are Cf): nothing to replace. The
+        # common case, and ~25% of an intake's parse (docs/BENCHMARKS.md).
+        return value
     return "".join(
         "\ufffd"
         if (c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cs")) or c in _BIDI

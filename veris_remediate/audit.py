@@ -11,11 +11,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ SHA256: Final = "sha256"
 HMAC_SHA256: Final = "hmac-sha256"
 MIN_KEY_BYTES = 16
 _HEAD_DOMAIN = b"veris-audit-head\x00"  # a head MAC can never pass for a record hash
+MAX_AHEAD = 1024  # records a log may run ahead of its head: a batch whose writer died
 _TAIL_WINDOW = 65_536  # records are small: the last one is usually in the final 64 KiB
 Alg = Literal["sha256", "hmac-sha256"]
 
@@ -196,41 +198,64 @@ class AuditLog:
         Refuses (AuditError) to extend a log that no longer matches its head, or a keyed log
         without the key: either would bury the evidence under a fresh head.
         """
+        return self.append_many([(kind, data, run_id)])[0]
+
+    def append_many(
+        self, entries: Sequence[tuple[str, Mapping[str, Any], str | None]]
+    ) -> list[dict[str, Any]]:
+        """Add several records (kind, data, run_id), chained in order, under one lock, with
+        one write and one fsync of the log and one move of the head for them all: a group
+        commit. Once it returns, every one of them is on disk.
+
+        A writer killed between the records and the head leaves the log up to the whole
+        batch ahead of its head, chained from it: the next append carries on (and ``verify``
+        warns), as after an ``append`` cut short (at most ``MAX_AHEAD`` records).
+        """
+        if not entries:
+            return []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             with os.fdopen(fd, "r+b") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 last, needs_newline = self._last(fh)
-                head = self._head_for_append(last)
-                seq = (last["seq"] if last else 0) + 1
+                head = self._head_for_append(last, fh)
+                seq = last["seq"] if last else 0
                 prev = last["hash"] if last else GENESIS
                 alg: Alg = HMAC_SHA256 if self._key else SHA256
-                body = {
-                    "seq": seq,
-                    "ts": datetime.now(UTC).isoformat(),
-                    "kind": kind,
-                    "run_id": run_id,
-                    "data": redact(data),
-                    "prev": prev,
-                    "alg": alg,
-                }
-                record = {**body, "hash": _digest(prev, body, self._key)}
-                line = json.dumps(record, sort_keys=True, default=str) + "\n"
-                fh.write((b"\n" if needs_newline else b"") + line.encode())
-                fh.flush()
-                os.fsync(fh.fileno())
                 keyed_since = head.keyed_since if head else None
                 if keyed_since is None and last is not None and last.get("alg") == HMAC_SHA256:
-                    keyed_since = last["seq"]  # the first keyed record, written one ahead
+                    # the first keyed record, written ahead of the head
+                    keyed_since = min(last["seq"], head.count + 1) if head else last["seq"]
                 if keyed_since is None and self._key:
-                    keyed_since = seq
-                new_head = self._write_head(seq, record["hash"], alg, keyed_since)
+                    keyed_since = seq + 1
+                records: list[dict[str, Any]] = []
+                lines = [b"\n"] if needs_newline else []
+                for kind, data, run_id in entries:
+                    seq += 1
+                    body = {
+                        "seq": seq,
+                        "ts": datetime.now(UTC).isoformat(),
+                        "kind": kind,
+                        "run_id": run_id,
+                        "data": redact(data),
+                        "prev": prev,
+                        "alg": alg,
+                    }
+                    record = {**body, "hash": _digest(prev, body, self._key)}
+                    records.append(record)
+                    prev = record["hash"]
+                    line = json.dumps(record, sort_keys=True, default=str) + "\n"
+                    lines.append(line.encode())
+                fh.write(b"".join(lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+                new_head = self._write_head(seq, prev, alg, keyed_since)
         except OSError as exc:
             raise AuditError(f"cannot write the audit log {self.path}: {exc}") from exc
         if self.journal:  # outside the lock: the journal may be slow
             self._send_to_journal(new_head)
-        return record
+        return records
 
     def _last(self, fh: Any) -> tuple[dict[str, Any] | None, bool]:
         """The last record (None in an empty log) and whether its line lacks its newline."""
@@ -257,7 +282,7 @@ class AuditLog:
                 f"run `veris-remediate audit verify`"
             ) from exc
 
-    def _head_for_append(self, last: dict[str, Any] | None) -> _Head | None:
+    def _head_for_append(self, last: dict[str, Any] | None, fh: Any = None) -> _Head | None:
         head, problem = self._read_head()
         hint = "run `veris-remediate audit verify`; docs/AUDIT.md says how to recover"
         if problem:
@@ -271,8 +296,11 @@ class AuditLog:
             return None  # a new log, or a log from before anchors: this append anchors it
         seq, hash_ = (last["seq"], last["hash"]) if last else (0, GENESIS)
         in_step = seq == head.count and hash_ == head.last
-        # A writer that died between the record and the head leaves the log one ahead.
+        # A writer that died between its records and the head leaves the log ahead of it:
+        # one record (``append``), or up to a whole batch (``append_many``).
         one_ahead = last is not None and seq == head.count + 1 and last["prev"] == head.last
+        if not (in_step or one_ahead) and fh is not None and last is not None:
+            one_ahead = head.count < seq <= head.count + MAX_AHEAD and self._chains_from(fh, head)
         if not (in_step or one_ahead):
             raise AuditError(
                 f"the audit log does not match its head anchor (head says {head.count} "
@@ -290,6 +318,36 @@ class AuditLog:
         elif last_keyed and in_step:
             raise AuditError(f"the audit head anchor is not keyed but the log is; {hint}")
         return head
+
+    def _chains_from(self, fh: Any, head: _Head) -> bool:
+        """Whether the records after the head's last one (the tail of a batch whose writer
+        died before moving the head) follow on from it, seq by seq and hash by hash."""
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        window = _TAIL_WINDOW
+        while True:  # widen until the window holds the head's last record
+            start = max(0, size - window)
+            fh.seek(start)
+            lines = _lines(fh.read())
+            if start > 0:
+                lines = lines[1:]  # the first line may be cut
+            try:
+                records = [_parse(line) for line in lines]
+            except _Damaged:
+                return False
+            if start == 0 or (records and records[0]["seq"] <= head.count):
+                break
+            window *= 4
+        anchor = {"seq": 0, "hash": GENESIS} if head.count == 0 else None
+        at = [n for n, r in enumerate(records) if r["seq"] == head.count]
+        if at:
+            anchor, records = records[at[0]], records[at[0] + 1 :]
+        if anchor is None or anchor["hash"] != head.last:
+            return False
+        return all(
+            b["seq"] == a["seq"] + 1 and b["prev"] == a["hash"]
+            for a, b in itertools.pairwise([anchor, *records])
+        )
 
     def _write_head(self, count: int, last: str, alg: Alg, keyed_since: int | None) -> _Head:
         head = _Head(
@@ -540,15 +598,18 @@ class _Verifier:
                 count,
             )
         if count > head.count:
-            if count > head.count + 1 or self.hash_at_head != head.last:
+            if self.hash_at_head != head.last or count > head.count + MAX_AHEAD:
                 return self.fail(
                     f"log has {count} records but the head anchor says {head.count} "
                     f"(records added or rewritten behind the writer's back)",
                     self.last_line,
                     count,
                 )
+            # Chained through the head: a writer (or a batch of records written with one
+            # fsync) stopped before moving it.
+            behind = "one record" if count == head.count + 1 else f"{count - head.count} records"
             warnings.append(
-                "head anchor is one record behind (a writer stopped before updating it); "
+                f"head anchor is {behind} behind (a writer stopped before updating it); "
                 "the next append brings it up to date"
             )
         first_keyed = (

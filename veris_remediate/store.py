@@ -198,6 +198,18 @@ class QueueEntry(BaseModel):
     heartbeat: datetime | None = None  # last renewal of the claim by its owner
 
 
+class QueueRow(BaseModel):
+    """One incident to queue (``enqueue_many``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    incident: str
+    fingerprint: str
+    host: str | None
+    payload: bytes
+    active: str | None = None  # an undated alert: a duplicate while this key prefix waits
+
+
 class QueueStats(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -259,6 +271,51 @@ class _QueueMixin:
                 (incident, fingerprint, host, payload, _iso(now())),
             )
             return "queued" if inserted.rowcount == 1 else "duplicate"
+
+    def enqueue_many(
+        self, rows: Sequence[QueueRow], *, limit: int
+    ) -> list[Literal["queued", "duplicate", "full"]]:
+        """``enqueue`` for several incidents, in order, in one transaction (serve's group
+        commit): each row is checked and counted exactly as ``enqueue`` would, seeing the
+        rows before it. A row with ``active`` set (an undated alert: its key's prefix) is
+        also a duplicate while a row of that fingerprint and prefix is queued or running."""
+        verdicts: list[Literal["queued", "duplicate", "full"]] = []
+        if not rows:
+            return verdicts
+        received = _iso(now())
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT COUNT(*) AS n FROM queue WHERE status IN ('queued', 'running')"
+            ).fetchone()
+            depth: int = row["n"] if row is not None else 0
+            for r in rows:
+                if (
+                    r.active is not None
+                    and db.execute(
+                        "SELECT 1 FROM queue WHERE fingerprint = ? AND status IN ('queued', "
+                        "'running') AND substr(incident, 1, length(CAST(? AS TEXT))) = ?",
+                        (r.fingerprint, r.active, r.active),
+                    ).fetchone()
+                ):
+                    verdicts.append("duplicate")
+                    continue
+                if db.execute("SELECT 1 FROM queue WHERE incident = ?", (r.incident,)).fetchone():
+                    verdicts.append("duplicate")
+                    continue
+                if depth >= limit:
+                    verdicts.append("full")
+                    continue
+                inserted = db.execute(
+                    "INSERT INTO queue (incident, fingerprint, host, status, payload, received) "
+                    "VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (incident) DO NOTHING",
+                    (r.incident, r.fingerprint, r.host, r.payload, received),
+                )
+                if inserted.rowcount == 1:
+                    depth += 1
+                    verdicts.append("queued")
+                else:
+                    verdicts.append("duplicate")
+        return verdicts
 
     def claim(self) -> QueueEntry | None:
         """The oldest queued incident whose host has nothing running (per-host order)."""

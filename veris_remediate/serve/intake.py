@@ -10,19 +10,19 @@ repeat-interval re-sends of one incident add nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ..alerts import Alert, Source, parse_payload
+from ..alerts import MAX_PAYLOAD_BYTES, Alert, AlertBatch, Source, parse_payload
 from ..audit import AuditLog
 from ..exceptions import RejectedError, ValidationError, VerisError
 from ..guards import Guards, incident_key
 from ..inventory import Inventory
-from ..store import QueueStatus, StateStore
-from ..targeting import resolve_target
+from ..store import QueueRow, StateStore
+from ..targeting import TARGET_LABELS, resolve_target
 
 Verdict = Literal["queued", "duplicate", "full", "refused"]
 
@@ -74,8 +74,9 @@ def queue_key(alert: Alert, received: datetime, window_seconds: int) -> str:
     return key
 
 
-def _single_payloads(raw: bytes) -> list[tuple[int, bytes]] | None:
-    """A webhook's alerts, each in a copy of the envelope of its own; None if not a webhook."""
+def _single_payloads(raw: bytes) -> list[tuple[int, bytes, Any]] | None:
+    """A webhook's alerts, each in a copy of the envelope of its own (with the alert's
+    status); None if not a webhook."""
     try:
         data: Any = json.loads(raw)
     except ValueError:
@@ -85,9 +86,29 @@ def _single_payloads(raw: bytes) -> list[tuple[int, bytes]] | None:
     out = []
     for index, item in enumerate(data["alerts"]):
         one = {**data, "alerts": [item]}
-        if isinstance(item, dict) and item.get("status") in ("firing", "resolved"):
-            one["status"] = item["status"]
-        out.append((index, json.dumps(one, separators=(",", ":")).encode()))
+        status = item.get("status") if isinstance(item, dict) else None
+        if status in ("firing", "resolved"):
+            one["status"] = status
+        out.append((index, json.dumps(one, separators=(",", ":")).encode(), status))
+    return out
+
+
+def _alone(whole: AlertBatch, singles: list[tuple[int, bytes, Any]]) -> list[AlertBatch]:
+    """Each alert of a webhook that parsed whole, as the batch its own envelope parses to
+    (an alert's parse depends only on the alert and the envelope's version): one parse
+    of the payload, not one more per alert."""
+    firing, resolved = iter(whole.firing), iter(whole.resolved)
+    out = []
+    for _, _, status in singles:
+        alert = next(firing) if status == "firing" else next(resolved)
+        out.append(
+            AlertBatch(
+                source=whole.source,
+                group_key=whole.group_key,
+                firing=(alert,) if status == "firing" else (),
+                resolved=(alert,) if status == "resolved" else (),
+            )
+        )
     return out
 
 
@@ -99,9 +120,11 @@ def split(raw: bytes, inventory: Inventory, *, received: datetime, window_second
     own, since a 4xx answer would make Alertmanager drop the whole group for good.
     """
     problem: ValidationError | None = None
+    whole: AlertBatch | None = None
     try:
         # The byte, duplicate-key and constant checks, and every value, in one go.
-        parts = [(raw, parse_payload(raw))]
+        whole = parse_payload(raw)
+        parts = [(raw, whole)]
     except ValidationError as exc:
         problem = exc  # the JSON is sound; one of its values is not
         parts = []
@@ -109,7 +132,11 @@ def split(raw: bytes, inventory: Inventory, *, received: datetime, window_second
     singles = _single_payloads(raw)
     if singles is not None:  # a webhook: each alert in an envelope of its own
         parts = []
-        for index, body in singles:
+        alone = _alone(whole, singles) if whole is not None else None
+        for index, body, _ in singles:
+            if alone is not None and len(body) <= MAX_PAYLOAD_BYTES:
+                parts.append((body, alone[index]))
+                continue
             try:
                 parts.append((body, parse_payload(body)))
             except RejectedError as exc:
@@ -125,7 +152,7 @@ def split(raw: bytes, inventory: Inventory, *, received: datetime, window_second
             resolved.append(Resolved(alert=alert, host=_host_or_none(alert, inventory)))
         for alert in one.firing:
             try:
-                host = resolve_target(alert, inventory).host
+                host = _host(alert, inventory)
             except VerisError as exc:
                 refused.append(_refused(alert.name, alert.fingerprint, exc.message, "unknown_host"))
                 continue
@@ -156,9 +183,40 @@ def _refused(
 
 def _host_or_none(alert: Alert, inventory: Inventory) -> str | None:
     try:
-        return resolve_target(alert, inventory).host
+        return _host(alert, inventory)
     except VerisError:
         return None
+
+
+class _Hosts:
+    """The host each set of targeting labels resolved to, for the last inventory seen:
+    serve reads its inventory once, and the alerts of one host carry the same labels."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self.inventory: Inventory | None = None
+        self.hosts: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+_HOSTS = _Hosts()
+
+
+def _host(alert: Alert, inventory: Inventory) -> str:
+    """``resolve_target(alert, inventory).host``, remembered (it depends on the alert's
+    targeting labels and the inventory alone); TargetError as it raises."""
+    cache = _HOSTS
+    if cache.inventory is not inventory:  # held, so its id cannot be another's
+        cache.inventory, cache.hosts = inventory, {}
+    key = tuple((label, alert.labels[label]) for label in TARGET_LABELS if label in alert.labels)
+    host = cache.hosts.get(key) if key else None
+    if host is None:
+        host = resolve_target(alert, inventory).host
+        if len(cache.hosts) >= _Hosts.LIMIT:
+            cache.hosts.clear()
+        if key:
+            cache.hosts[key] = host
+    return host
 
 
 # -- the queue side: runs on serve's one database thread -------------------------------------
@@ -179,17 +237,13 @@ class Accepted(BaseModel):
         return sum(v == verdict for _, v in self.verdicts)
 
 
-_ACTIVE: tuple[QueueStatus, ...] = ("queued", "running")
+class Posted(BaseModel):
+    """One request's validated payload, waiting for its turn on serve's database thread."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-def _active_duplicate(store: StateStore, incident: Incident) -> bool:
-    """An undated alert is a duplicate while one of its own is still queued or running."""
-    base = incident.only + "|window="
-    return any(
-        e.fingerprint == incident.alert.fingerprint and e.incident.startswith(base)
-        for status in _ACTIVE
-        for e in store.queue_entries(status)
-    )
+    intake: Intake
+    request_id: str
 
 
 def accept(
@@ -205,6 +259,73 @@ def accept(
 
     Every queued row is committed before this returns: an answered 2xx is never lost.
     """
+    [accepted] = accept_many(
+        store, guards, audit, [Posted(intake=intake, request_id=request_id)], limit=limit
+    )
+    return accepted
+
+
+def accept_many(
+    store: StateStore,
+    guards: Guards,
+    audit: AuditLog,
+    posted: Sequence[Posted],
+    *,
+    limit: int,
+) -> list[Accepted]:
+    """``accept`` for several requests at once, in the order they came: a group commit.
+
+    Their incidents go into the queue in one transaction and their audit records into the
+    log with one fsync, so the answers cost one commit, not one each. The outcome is the
+    one accepting them one after the other would give (a request sees the rows queued by
+    those before it; a resolved alert cancels what an earlier request queued), and every
+    row and record is on disk before this returns. A request with resolved alerts ends
+    the group before it: its cancellations and approvals run as ``accept`` ran them.
+    """
+    results: list[Accepted | None] = [None] * len(posted)
+    group: list[int] = []  # indexes of requests whose incidents still wait to be queued
+    resolving: dict[int, tuple[tuple[int, ...], tuple[str, ...]]] = {}
+
+    def flush() -> None:
+        rows = [
+            QueueRow(
+                incident=i.key,
+                fingerprint=i.alert.fingerprint,
+                host=i.host,
+                payload=i.payload,
+                active=i.only + "|window=" if i.alert.starts_at is None else None,
+            )
+            for n in group
+            for i in posted[n].intake.incidents
+        ]
+        said = iter(store.enqueue_many(rows, limit=limit))
+        records: list[tuple[str, Mapping[str, Any], str | None]] = []
+        for n in group:
+            intake = posted[n].intake
+            verdicts: list[tuple[str, Verdict]] = [(i.key, next(said)) for i in intake.incidents]
+            verdicts += [(r.alert or "-", "refused") for r in intake.refused]
+            if intake.incidents or intake.refused:
+                records.append(("serve.accepted", _accepted_record(intake, verdicts),
+                                posted[n].request_id))  # fmt: skip
+            cancelled, closed = resolving.pop(n, ((), ()))
+            results[n] = Accepted(
+                verdicts=tuple(verdicts), cancelled=cancelled, approvals_closed=closed
+            )
+        audit.append_many(records)
+        group.clear()
+
+    for n, one in enumerate(posted):
+        if one.intake.resolved:
+            flush()  # what came before is queued (and audited) before it is cancelled
+            resolving[n] = _resolve(store, guards, audit, one.intake, one.request_id)
+        group.append(n)
+    flush()
+    return [r for r in results if r is not None]
+
+
+def _resolve(
+    store: StateStore, guards: Guards, audit: AuditLog, intake: Intake, request_id: str
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
     cancelled: list[int] = []
     closed: list[str] = []
     for done in intake.resolved:
@@ -218,32 +339,17 @@ def accept(
              "host": done.host, "cancelled": ids, "approvals_closed": shut},
             request_id,
         )  # fmt: skip
-    verdicts: list[tuple[str, Verdict]] = []
-    for incident in intake.incidents:
-        if incident.alert.starts_at is None and _active_duplicate(store, incident):
-            verdicts.append((incident.key, "duplicate"))
-            continue
-        verdict = store.enqueue(
-            incident.key, incident.alert.fingerprint, incident.host, incident.payload, limit=limit
-        )
-        verdicts.append((incident.key, verdict))
-    for refused in intake.refused:
-        verdicts.append((refused.alert or "-", "refused"))
-    if intake.incidents or intake.refused:
-        audit.append(
-            "serve.accepted",
-            {
-                "source": intake.source,
-                "queued": [k for k, v in verdicts if v == "queued"],
-                "duplicates": [k for k, v in verdicts if v == "duplicate"],
-                "full": [k for k, v in verdicts if v == "full"],
-                "refused": [r.model_dump(mode="json") for r in intake.refused],
-            },
-            request_id,
-        )
-    return Accepted(
-        verdicts=tuple(verdicts), cancelled=tuple(cancelled), approvals_closed=tuple(closed)
-    )
+    return tuple(cancelled), tuple(closed)
+
+
+def _accepted_record(intake: Intake, verdicts: Sequence[tuple[str, Verdict]]) -> dict[str, Any]:
+    return {
+        "source": intake.source,
+        "queued": [k for k, v in verdicts if v == "queued"],
+        "duplicates": [k for k, v in verdicts if v == "duplicate"],
+        "full": [k for k, v in verdicts if v == "full"],
+        "refused": [r.model_dump(mode="json") for r in intake.refused],
+    }
 
 
 def queued_only(payload: bytes) -> Sequence[str]:
