@@ -168,6 +168,8 @@ class Remediator:
         self.guards = Guards(self.store, self.settings, self.audit)
         # Set by the CLI's SIGTERM handler: the fix run in flight is cancelled and rolled back.
         self.terminating = False
+        # Fleet runs in flight (fleet.py): run dir → each host's slot dir, for live snapshots.
+        self.fleet_slots: dict[Path, dict[str, Path]] = {}
         # The runner polls this while a run is in flight. Runs go to the execution node
         # the settings name, if any (execnode.py), else run here.
         from .execnode import ExecutionNode, StreamingExecutor
@@ -184,9 +186,12 @@ class Remediator:
         mid-apply, recovery still knows what to restore."""
         if not request.check and isinstance(report, Snapshot):
             saved = {"host": host, "snapshot": report.model_dump(mode="json")}
+            # A fleet run's hosts each keep theirs in their own slot, as a single run does.
+            slot_dir = self.fleet_slots.get(request.private_data_dir, {}).get(
+                host, request.private_data_dir.parent
+            )
             self.workspace.write_file(
-                request.private_data_dir.parent / "live-snapshot.json",
-                json.dumps(saved, sort_keys=True) + "\n",
+                slot_dir / "live-snapshot.json", json.dumps(saved, sort_keys=True) + "\n"
             )
 
     def should_cancel(self, request: RunRequest) -> bool:
@@ -416,8 +421,7 @@ class Remediator:
             if approval is not None:
                 picked = pick_slot(routes, approval.slot, approval.host, approval.fix)
                 slots = [(approval.slot, picked)] if picked else []
-            for slot, route in slots:
-                results.append(self._remediate(run_id, slot, route, mode, approval=approval))
+            results += self._remediate_all(run_id, slots, mode, approval)
         except RejectedError as exc:
             self.audit.append("alert.rejected", {"reason": exc.message}, run_id)
             results.append(_payload_result("reject", "rejected", exc.message))
@@ -454,6 +458,28 @@ class Remediator:
         except VerisError:
             return  # nothing of ours can wait on a host we do not know
         self.guards.close_approvals_for(alert, host, run_id)
+
+    def _remediate_all(
+        self,
+        run_id: str,
+        slots: Sequence[tuple[str, Route]],
+        mode: Mode,
+        approval: Approval | None,
+    ) -> list[RemediationResult]:
+        """Each slot's result, in order. Same-fix slots on several hosts run as one fleet
+        (fleet.py) when the whole loop runs and no person's approval is being carried out."""
+        from .fleet import batches, fleet_ready, remediate_fleet
+
+        if mode != "handle" or approval is not None or not fleet_ready(self):
+            return [self._remediate(run_id, s, r, mode, approval=approval) for s, r in slots]
+        done: dict[str, RemediationResult] = {}
+        for group in batches(slots):
+            if len(group) == 1:
+                slot, route = group[0]
+                done[slot] = self._remediate(run_id, slot, route, mode)
+            else:
+                done.update(remediate_fleet(self, run_id, group))
+        return [done[slot] for slot, _ in slots]
 
     def _remediate(
         self,
@@ -654,6 +680,22 @@ def _preview(hs: HostSummary, fix: FixSpec, assessment: Report | None) -> tuple[
     return tuple(changes)
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A host whose check run and guards allow its fix to be applied."""
+
+    decision: Decision
+    assessment: Assessment
+
+
+@dataclass(frozen=True)
+class RollBack:
+    """A host whose applied fix failed: what to restore from, and why."""
+
+    snapshot: Snapshot | None
+    why: tuple[str, ...]
+
+
 class _Remediation:
     """One route through check → decide → apply → verify → rollback (or a hand-off)."""
 
@@ -756,17 +798,27 @@ class _Remediation:
         return self._fix(plan, self.slot, hand_off=self.approval is None)
 
     def _fix(self, plan: RemediationPlan, slot: str, *, hand_off: bool) -> RemediationResult:
-        fix, route = plan.fix, plan.route
-        assert fix is not None
         assert plan.preview is not None
         check = self.step(plan.preview, slot)
-        hs = check.summary.host(self.host)
+        ready = self.gate(plan, slot, check.summary, hand_off=hand_off)
+        if isinstance(ready, RemediationResult):
+            return ready
+        return self._apply(plan, ready.decision, slot, ready.assessment, check.summary)
+
+    def gate(
+        self, plan: RemediationPlan, slot: str, check: RunSummary, *, hand_off: bool
+    ) -> RemediationResult | Ready:
+        """After the check run: the decision, and every guard between it and the apply run.
+        A result when this host stops here; ``Ready`` when its fix may be applied."""
+        fix, route = plan.fix, plan.route
+        assert fix is not None
+        hs = check.host(self.host)
         self.findings = findings(self.host, *hs.reports.values())
         self.causes = synthesize(hs.reports.values())
         assessment = hs.report(fix.reports.assess)
         self.preview = _preview(hs, fix, assessment)
         with self.phases.timed("decide") as ph:
-            decision = self._decide(plan, check.summary)
+            decision = self._decide(plan, check)
             ph["detail"] = f"{fix.name}: {decision.action} ({decision.confidence:.2f})"
         self.o.audit.append(
             "decision",
@@ -793,7 +845,7 @@ class _Remediation:
             reasons = [*decision.reasons, "interrupted (SIGTERM) before apply: nothing applied"]
             return self.result(decision, "escalate", "escalated", reasons, route=route, fix=fix)
         assert isinstance(assessment, Assessment)  # decide() applies only with one
-        return self._apply(plan, decision, slot, assessment, check.summary)
+        return Ready(decision=decision, assessment=assessment)
 
     def _decide(self, plan: RemediationPlan, check: RunSummary) -> Decision:
         """The score, then the guards a score cannot override: approval and the breaker."""
@@ -876,17 +928,8 @@ class _Remediation:
         check: RunSummary,
     ) -> RemediationResult:
         """Apply under the journal; whatever happens after this, the state is restored or said."""
-        fix, route = plan.fix, plan.route
-        assert fix is not None
-        store = self.o.store
-        store.journal_begin(
-            self.run_id, slot, self.host, fix.name, "apply",
-            {"fix": fix.name, "slot": slot, "alert": self.route.alert.name},
-        )  # fmt: skip
-        if self.approval is not None:
-            self.o.store.decide_approval(
-                self.approval.id, "approved", by=operator(), result_run=self.run_id
-            )
+        assert plan.fix is not None
+        self.begin_apply(plan.fix, slot)
         try:
             apply: RunResult | None = None
             failure: list[str] = []
@@ -895,39 +938,66 @@ class _Remediation:
                 apply = self.step(apply_step(plan, assessment), slot)
             except VerisError as exc:  # runner or audit failure: the host may be half-changed
                 failure = [f"the apply run broke off: {exc.message}"]
-            summaries = (apply.summary, check) if apply else (check,)
-            snapshot = taken_snapshot(self.host, fix, *summaries)
-            if snapshot is not None:
-                self._keep_snapshot(slot, fix, snapshot)
-            if apply is not None and apply.status == "canceled" and self.o.guards.brake():
-                return self._braked(plan, decision, slot, snapshot)
-            if apply is not None and not failure:
-                with self.phases.timed("verify") as ph:
-                    verdict = assess_apply(apply.summary, self.host, fix)
-                    ph["status"] = "ok" if verdict.ok else "failed"
-                    ph["detail"] = "; ".join(verdict.reasons)
-                after = apply.summary.host(self.host)
-                if verdict.ok:
-                    self.findings += [
-                        f
-                        for f in findings(self.host, *after.reports.values())
-                        if f.severity == "info" and f not in self.findings
-                    ]
-                    self._account(fix, "resolved")
-                    reasons = [*decision.reasons, *verdict.reasons]
-                    return self.result(decision, "apply", "resolved", reasons, route=route, fix=fix)
+            after = self.after_apply(plan, decision, slot, check, apply, failure)
+            if isinstance(after, RemediationResult):
+                return after
+            self.o.store.journal_update(self.run_id, slot, "rollback")
+            return self._roll_back(plan, decision, slot, after.snapshot, after.why)
+        finally:
+            self.o.store.journal_end(self.run_id, slot)
+
+    def begin_apply(self, fix: FixSpec, slot: str) -> None:
+        """Open the journal entry (crash recovery finds it) and close the approval, if any."""
+        self.o.store.journal_begin(
+            self.run_id, slot, self.host, fix.name, "apply",
+            {"fix": fix.name, "slot": slot, "alert": self.route.alert.name},
+        )  # fmt: skip
+        if self.approval is not None:
+            self.o.store.decide_approval(
+                self.approval.id, "approved", by=operator(), result_run=self.run_id
+            )
+
+    def after_apply(
+        self,
+        plan: RemediationPlan,
+        decision: Decision,
+        slot: str,
+        check: RunSummary,
+        apply: RunResult | None,
+        failure: Sequence[str],
+    ) -> RemediationResult | RollBack:
+        """Keep the snapshot, verify this host; a result, or what to roll back and why."""
+        fix, route = plan.fix, plan.route
+        assert fix is not None
+        failure = list(failure)
+        summaries = (apply.summary, check) if apply else (check,)
+        snapshot = taken_snapshot(self.host, fix, *summaries)
+        if snapshot is not None:
+            self._keep_snapshot(slot, fix, snapshot)
+        if apply is not None and apply.status == "canceled" and self.o.guards.brake():
+            return self._braked(plan, decision, slot, snapshot)
+        if apply is not None and not failure:
+            with self.phases.timed("verify") as ph:
+                verdict = assess_apply(apply.summary, self.host, fix)
+                ph["status"] = "ok" if verdict.ok else "failed"
+                ph["detail"] = "; ".join(verdict.reasons)
+            after = apply.summary.host(self.host)
+            if verdict.ok:
                 self.findings += [
                     f
                     for f in findings(self.host, *after.reports.values())
-                    if f not in self.findings
+                    if f.severity == "info" and f not in self.findings
                 ]
-                failure = list(verdict.reasons)
-                if apply.status == "canceled" and self.o.terminating:
-                    failure.append("the apply run was cancelled by SIGTERM")
-            store.journal_update(self.run_id, slot, "rollback")
-            return self._roll_back(plan, decision, slot, snapshot, failure)
-        finally:
-            store.journal_end(self.run_id, slot)
+                self._account(fix, "resolved")
+                reasons = [*decision.reasons, *verdict.reasons]
+                return self.result(decision, "apply", "resolved", reasons, route=route, fix=fix)
+            self.findings += [
+                f for f in findings(self.host, *after.reports.values()) if f not in self.findings
+            ]
+            failure = list(verdict.reasons)
+            if apply.status == "canceled" and self.o.terminating:
+                failure.append("the apply run was cancelled by SIGTERM")
+        return RollBack(snapshot=snapshot, why=tuple(failure))
 
     def _keep_snapshot(self, slot: str, fix: FixSpec, snapshot: Snapshot) -> None:
         """The snapshot outlives the run: ``rollback ID`` and crash recovery restore from it."""
@@ -1005,6 +1075,24 @@ class _Remediation:
         snapshot: Snapshot | None,
         why: Sequence[str],
     ) -> RemediationResult:
+        refused = self.rollback_refused(plan, decision, snapshot, why)
+        if refused is not None:
+            return refused
+        assert snapshot is not None
+        try:
+            rollback = self.step(rollback_step(plan, snapshot), slot)
+        except VerisError as exc:
+            return self.rollback_broke(plan, decision, why, exc)
+        return self.rolled_back(plan, decision, snapshot, why, rollback.summary)
+
+    def rollback_refused(
+        self,
+        plan: RemediationPlan,
+        decision: Decision,
+        snapshot: Snapshot | None,
+        why: Sequence[str],
+    ) -> RemediationResult | None:
+        """Why this host cannot be rolled back automatically (a result), or None: go ahead."""
         fix, route = plan.fix, plan.route
         assert fix is not None
         reasons = [*decision.reasons, *why]
@@ -1024,18 +1112,33 @@ class _Remediation:
             ]
             self._account(fix, "failed")
             return self.result(decision, "brake", "blocked", reasons, route=route, fix=fix)
-        try:
-            rollback = self.step(rollback_step(plan, snapshot), slot)
-        except VerisError as exc:
-            reasons.append(f"the rollback run broke off: {exc.message}")
-            self._account(fix, "failed")
-            return self.result(decision, "apply", "failed", reasons, route=route, fix=fix)
-        verdict = assess_rollback(rollback.summary, self.host, fix, snapshot)
-        reasons += verdict.reasons
+        return None
+
+    def rollback_broke(
+        self, plan: RemediationPlan, decision: Decision, why: Sequence[str], exc: VerisError
+    ) -> RemediationResult:
+        assert plan.fix is not None
+        reasons = [*decision.reasons, *why, f"the rollback run broke off: {exc.message}"]
+        self._account(plan.fix, "failed")
+        return self.result(decision, "apply", "failed", reasons, route=plan.route, fix=plan.fix)
+
+    def rolled_back(
+        self,
+        plan: RemediationPlan,
+        decision: Decision,
+        snapshot: Snapshot,
+        why: Sequence[str],
+        rollback: RunSummary,
+    ) -> RemediationResult:
+        """This host's outcome from the rollback run's events."""
+        fix = plan.fix
+        assert fix is not None
+        verdict = assess_rollback(rollback, self.host, fix, snapshot)
+        reasons = [*decision.reasons, *why, *verdict.reasons]
         outcome: Outcome = "rolled_back" if verdict.ok else "failed"
         self._account(fix, outcome)
         return self.result(
-            decision, "apply", outcome, reasons, route=route, fix=fix, rolled_back=verdict.ok
+            decision, "apply", outcome, reasons, route=plan.route, fix=fix, rolled_back=verdict.ok
         )
 
     def _diagnose_only(self, plan: RemediationPlan) -> RemediationResult:

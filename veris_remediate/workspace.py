@@ -18,12 +18,36 @@ from pydantic import BaseModel, ConfigDict
 from .exceptions import UsageError
 from .planner import PlaybookStep
 from .redaction import redact, redact_payload
-from .render import render_extravars, render_target_inventory
+from .render import TARGET_GROUP, render_extravars, render_target_inventory
 
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 # The extra vars that carry alert data (planner.py): untrusted, printed by the playbooks,
 # and sometimes holding a sender's credentials. Only a redacted copy is written.
 _ALERT_VARS = ("veris_alert", "veris_alert_summary")
+# A host name the fleet inventory writes as a key: the inventory's own names, nothing odd.
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,252}$")
+
+
+def render_fleet_inventory(hostvars: Mapping[str, Mapping[str, Any]]) -> str:
+    """The target group with each host's own run data as ``!unsafe`` host vars.
+
+    A fleet run (fleet.py) targets several hosts whose data differ (service, alert,
+    assessment, snapshot). Extra vars are one set for the whole run, so each host's
+    data goes beside its name instead, rendered by ``render_extravars``: the same
+    ``!unsafe``-tagged mapping with every string double-quoted, so Ansible never
+    templates it and no value changes type.
+    """
+    lines = ["all:", "  children:", f"    {TARGET_GROUP}:", "      hosts:"]
+    for host, data in hostvars.items():
+        if not _HOST_NAME.match(host):
+            raise UsageError(f"not a usable inventory host name: {host[:80]!r}")
+        body = [line for line in render_extravars(data).splitlines() if not line.startswith("#")]
+        tag, rest = body[0], body[1:]
+        if tag != "!unsafe":
+            raise ValueError("render_extravars no longer tags its root mapping !unsafe")
+        lines.append(f"        {json.dumps(host)}: {tag}")
+        lines += [f"          {line}" for line in rest]
+    return "\n".join(lines) + "\n"
 
 
 class History(BaseModel):
@@ -155,6 +179,47 @@ class Workspace:
         return PreparedStep(
             phase=step.phase, check=step.check, private_data_dir=pdd, target_inventory=target
         )
+
+    def prepare_fleet_step(
+        self,
+        run_id: str,
+        group: str,
+        phase: str,
+        check: bool,
+        members: Mapping[str, tuple[str, Mapping[str, Any]]],
+        *,
+        idle_timeout: int,
+    ) -> PreparedStep:
+        """One run over several hosts (fleet.py): ``members`` maps each host to its slot and
+        its step's extra vars. Each host's vars go into the target inventory as its own
+        ``!unsafe`` host vars (with its own slot's files directory); no extra vars are set,
+        since those would outrank them. Forks: one per host."""
+        pdd = self._private_run_dir(run_id) / group / phase
+        hostvars: dict[str, dict[str, Any]] = {}
+        for host, (slot, extravars) in members.items():
+            files = _private_dir(self.run_dir(run_id) / slot / "files")
+            data = {**extravars, "veris_controller_dir": str(files)}
+            for key in _ALERT_VARS:
+                if key in data:
+                    data[key] = redact(data[key])
+            hostvars[host] = data
+        target = pdd / "target_inventory.yml"
+        _write_private(target, render_fleet_inventory(hostvars))
+        _write_private(
+            pdd / "env" / "settings",
+            json.dumps({"idle_timeout": idle_timeout, "pexpect_timeout": 1}) + "\n",
+        )
+        # ansible-runner adds env/envvars over its own environment: every host at once.
+        _write_private(
+            pdd / "env" / "envvars", json.dumps({"ANSIBLE_FORKS": str(max(len(members), 1))})
+        )
+        _private_dir(pdd / "project")
+        return PreparedStep(phase=phase, check=check, private_data_dir=pdd, target_inventory=target)
+
+    def scrub_files(self, run_id: str, slots: Sequence[str]) -> None:
+        """Tighten what a fleet run fetched into each of its hosts' slot directories."""
+        for slot in slots:
+            _tighten_tree(self.run_dir(run_id) / slot / "files")
 
     def scrub(self, prepared: PreparedStep) -> None:
         """After a run: delete the environment copy ansible-runner leaves in artifacts (it
