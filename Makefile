@@ -17,17 +17,18 @@ demo: setup
 # the benchmark's (bn), and the molecule scenarios' shared hosts, mol<worker><slot>
 # (tests/molecule/labs.py: worker "" or a, b under pytest-xdist; slot "", p, d, pd, s).
 MOL_PREFIXES := $(foreach w,mol mola molb,$(w) $(w)p $(w)d $(w)pd $(w)s)
-LAB_PREFIXES := lab fx lt lf bn ca ux xn $(MOL_PREFIXES)
+LAB_PREFIXES := lab labb fx fxb lt lf bn ca ux xn fu fub ft $(MOL_PREFIXES)
 
 # Lint first (cheap); then unit and molecule tests on two pytest-xdist workers (they mostly
 # wait on ansible and ssh; each worker boots its own molecule hosts), then the integration
-# tests in one process: they share session labs with fixed host names. Lab hosts are
+# tests on two workers, a test file at a time (--dist loadfile: a file's own lab stays in one
+# worker; each worker boots its own session labs, lab/fx and labb/fxb). Lab hosts are
 # removed whatever happens; either pytest failing (exit 5, no tests, included) fails.
 test: setup
 	@trap '$(MAKE) --no-print-directory lab-down' EXIT; \
 	$(MAKE) --no-print-directory lint && \
 	$(VENV)/python -m pytest tests/unit tests/molecule -p no:cacheprovider -n 2 && \
-	$(VENV)/python -m pytest tests/integration -p no:cacheprovider
+	$(VENV)/python -m pytest tests/integration -p no:cacheprovider -n 2 --dist loadfile
 
 lint:
 	$(VENV)/ruff check veris_remediate tests bench

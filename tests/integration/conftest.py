@@ -51,6 +51,23 @@ class LabHandle:
         self.lab.reset_host(host, timeout=120)
 
 
+def _worker_lab(
+    env_prefix: str, prefix: str, env_subnet: str, subnet: int, span: int
+) -> tuple[str, int]:
+    """(prefix, first subnet) of a session lab for this pytest-xdist worker.
+
+    Worker gw0 (or no xdist) gets ``prefix``/``subnet``; gw1 ``<prefix>b``/``subnet + span``,
+    and so on: the workers boot their own hosts side by side. The environment overrides both.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker.removeprefix("gw") or 0)
+    own = prefix if index == 0 else f"{prefix}{chr(ord('a') + index)}"
+    return (
+        os.environ.get(env_prefix, own),
+        int(os.environ.get(env_subnet, str(subnet + span * index))),
+    )
+
+
 def _require_lab() -> None:
     try:
         require_root_and_tools()
@@ -63,10 +80,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
     _require_lab()
     cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
     state = tmp_path_factory.mktemp("lab-state")
-    # Hosts lab1, lab2 on 198.18.1-2.x; concurrent test runs on one machine need their own
-    # (the alert fixtures name lab1/lab2, so tests that use them need the default prefix).
-    prefix = os.environ.get("VERIS_TEST_LAB_PREFIX", "lab")
-    subnet = int(os.environ.get("VERIS_TEST_LAB_SUBNET", "1"))
+    # Hosts lab1, lab2 on 198.18.1-2.x (a second xdist worker: labb1, labb2 on 3-4); tests
+    # rename the example payloads' lab1/lab2 to these. Concurrent test runs on one machine
+    # need their own (VERIS_TEST_LAB_PREFIX, VERIS_TEST_LAB_SUBNET).
+    prefix, subnet = _worker_lab("VERIS_TEST_LAB_PREFIX", "lab", "VERIS_TEST_LAB_SUBNET", 1, 2)
     the_lab = Lab(state, cache, prefix=prefix, first_subnet=subnet)
     try:
         inventory = the_lab.up(2)
@@ -80,13 +97,15 @@ def feature_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]
     """One host that also runs PostgreSQL and Docker (container "web"), for the database
     and container tests; booted on first use, removed at the end of the session.
 
-    Host fx1 on 198.18.5.0/30 (VERIS_TEST_FEATURE_LAB_PREFIX/_SUBNET override it).
+    Host fx1 on 198.18.5.0/30 (a second xdist worker: fxb1 on 6;
+    VERIS_TEST_FEATURE_LAB_PREFIX/_SUBNET override it).
     """
     _require_lab()
     cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
     state = tmp_path_factory.mktemp("feature-lab-state")
-    prefix = os.environ.get("VERIS_TEST_FEATURE_LAB_PREFIX", "fx")
-    subnet = int(os.environ.get("VERIS_TEST_FEATURE_LAB_SUBNET", "5"))
+    prefix, subnet = _worker_lab(
+        "VERIS_TEST_FEATURE_LAB_PREFIX", "fx", "VERIS_TEST_FEATURE_LAB_SUBNET", 5, 1
+    )
     the_lab = Lab(state, cache, prefix=prefix, first_subnet=subnet, features=("postgres", "docker"))
     try:
         inventory = the_lab.up(1)
