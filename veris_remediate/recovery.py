@@ -202,7 +202,13 @@ def _recover(owner: Remediator, entry: JournalEntry) -> RunReport:
     started = _now()
     run_id, slot = entry.run_id, entry.slot
     # The killed process's ansible-playbook may still be changing the host: stop it first.
-    reaped = reap_run_processes(owner.workspace.run_dir(run_id) / slot / "apply")
+    # A host of a fleet was changed by the fleet's shared apply run (fleet.py): stop that too.
+    run_dir = owner.workspace.run_dir(run_id)
+    reaped = [
+        pid
+        for private in [run_dir / slot / "apply", *sorted(run_dir.glob("fleet-*/apply"))]
+        for pid in reap_run_processes(private)
+    ]
     owner.workspace.scrub_run(run_id)  # what the killed process could not clean up
     owner.audit.append(
         "run.recovering", {"host": entry.host, "fix": entry.fix, "phase": entry.phase,
