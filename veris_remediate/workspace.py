@@ -50,6 +50,14 @@ def render_fleet_inventory(hostvars: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _alike(datas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The keys every mapping has, with the same value in each (none of fewer than two)."""
+    if len(datas) < 2:
+        return {}
+    first, rest = datas[0], datas[1:]
+    return {k: v for k, v in first.items() if all(k in d and d[k] == v for d in rest)}
+
+
 class History(BaseModel):
     """One fix's recent outcomes on one host, which later decisions weigh."""
 
@@ -191,9 +199,11 @@ class Workspace:
         idle_timeout: int,
     ) -> PreparedStep:
         """One run over several hosts (fleet.py): ``members`` maps each host to its slot and
-        its step's extra vars. Each host's vars go into the target inventory as its own
-        ``!unsafe`` host vars (with its own slot's files directory); no extra vars are set,
-        since those would outrank them. Forks: one per host."""
+        its step's extra vars. What every host has alike (the rule's role params among it)
+        stays an extra var, with the precedence it has in a single-host run; what differs
+        (service, alert, assessment, its own slot's files directory) goes into the target
+        inventory as that host's own ``!unsafe`` host vars. No key is both: an extra var
+        would outrank the host var. Forks: one per host."""
         pdd = self._private_run_dir(run_id) / group / phase
         hostvars: dict[str, dict[str, Any]] = {}
         for host, (slot, extravars) in members.items():
@@ -203,6 +213,10 @@ class Workspace:
                 if key in data:
                     data[key] = redact(data[key])
             hostvars[host] = data
+        shared = _alike(list(hostvars.values()))
+        hostvars = {h: {k: v for k, v in d.items() if k not in shared} for h, d in hostvars.items()}
+        if shared:
+            _write_private(pdd / "env" / "extravars", render_extravars(shared))
         target = pdd / "target_inventory.yml"
         _write_private(target, render_fleet_inventory(hostvars))
         _write_private(

@@ -37,11 +37,26 @@ _Loader.add_constructor(
 )
 
 
-def _targets(request: RunRequest) -> dict[str, Any]:
+def _host_vars(request: RunRequest) -> dict[str, Any]:
     """Each host the run targets, with the host vars the target inventory gives it."""
     data = yaml.load(request.inventories[-1].read_text(), Loader=_Loader)
     hosts: dict[str, Any] = data["all"]["children"]["veris_targets"]["hosts"]
     return {h: v or {} for h, v in hosts.items()}
+
+
+def _extra_vars(request: RunRequest) -> dict[str, Any]:
+    path = request.private_data_dir / "env" / "extravars"
+    return yaml.load(path.read_text(), Loader=_Loader) if path.exists() else {}
+
+
+def _targets(request: RunRequest) -> dict[str, Any]:
+    """Each host the run targets, with the variables Ansible gives it: its host vars under
+    the run's extra vars (which outrank them; no key may be in both)."""
+    extra = _extra_vars(request)
+    hosts = _host_vars(request)
+    for host, own in hosts.items():
+        assert not set(own) & set(extra), f"{host}: {sorted(set(own) & set(extra))} in both"
+    return {h: {**own, **extra} for h, own in hosts.items()}
 
 
 def _renamed(
@@ -141,7 +156,12 @@ def test_one_check_one_apply_and_a_rollback_of_the_failed_host_alone(tmp_path: P
         assert targets[host]["veris_service"]["name"] == "nginx"
         assert targets[host]["veris_controller_dir"] == str(run_dir / f"{i}-{host}" / "files")
     assert targets["lab2"]["veris_alert_summary"] == hostile
-    assert not (request.private_data_dir / "env" / "extravars").exists()
+    # What the hosts share stays an extra var, as in a single-host run; what differs is a
+    # host var of each.
+    shared, own = _extra_vars(request), _host_vars(request)
+    assert "veris_service" in shared
+    assert {"veris_host", "veris_controller_dir"} <= set(own["lab1"]) & set(own["lab2"])
+    assert "veris_alert_summary" in own["lab2"]
     envvars = json.loads((request.private_data_dir / "env" / "envvars").read_text())
     assert envvars == {"ANSIBLE_FORKS": "2"}
     apply_targets = executor.requests[1][1]
