@@ -23,7 +23,6 @@ temporary directory and removed at the end. ``VERIS_MAX_HOSTS`` is set to N for 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -40,33 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.helpers import nginx_down_group as payload  # noqa: E402
 from veris_remediate.lab import Lab  # noqa: E402
-
-
-def payload(hosts: Sequence[str]) -> str:
-    """One Alertmanager group: nginx's HTTP probe failing on each of ``hosts``."""
-    return json.dumps({
-        "version": "4",
-        "groupKey": '{}:{alertname="HttpProbeFailed"}',
-        "status": "firing",
-        "receiver": "veris-remediate",
-        "groupLabels": {"alertname": "HttpProbeFailed"},
-        "commonLabels": {"alertname": "HttpProbeFailed", "service": "nginx"},
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "alerts": [
-            {
-                "status": "firing",
-                "labels": {"alertname": "HttpProbeFailed", "instance": f"http://{h}/",
-                           "job": "blackbox-http", "severity": "critical", "service": "nginx"},
-                "annotations": {"summary": f"HTTP probe of http://{h}/ failing"},
-                "startsAt": "2026-11-29T12:00:00.000Z",
-                "endsAt": "0001-01-01T00:00:00Z",
-                "fingerprint": hashlib.sha256(h.encode()).hexdigest()[:16],
-            }
-            for h in hosts
-        ],
-    })  # fmt: skip
 
 
 class Bench:
@@ -211,8 +185,8 @@ def main() -> int:
         }
         for s in sides:
             ratio = f"{med[s] / med['one']:.2f}x" if "one" in med and s != "one" else ""
-            bad = sum(1 for b in failed[s] if b)
-            note = f"  ({bad} round(s) not all resolved)" if bad else ""
+            unresolved = sum(1 for b in failed[s] if b)
+            note = f"  ({unresolved} round(s) not all resolved)" if unresolved else ""
             print(f"{labels[s]:<44}{med[s]:>9.1f}{ratio:>12}{note}")
         print("\nphases (seconds, summed over the round's reports, first round), and CPU:")
         for s in sides:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -58,3 +60,35 @@ def role_module(role: str, name: str, *, kind: str = "library", as_name: str = "
         sys.modules[as_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def nginx_down_group(hosts: Sequence[str], summaries: Mapping[str, str] | None = None) -> str:
+    """One Alertmanager group (webhook JSON): nginx's HTTP probe failing on each of
+    ``hosts``, each alert's fingerprint derived from its host; ``summaries`` replaces the
+    summary annotation of some hosts' alerts."""
+    summaries = summaries or {}
+    alerts = [
+        {
+            "status": "firing",
+            "labels": {"alertname": "HttpProbeFailed", "instance": f"http://{h}/",
+                       "job": "blackbox-http", "severity": "critical", "service": "nginx"},
+            "annotations": {"summary": summaries.get(h, f"HTTP probe of http://{h}/ failing")},
+            "startsAt": "2026-11-29T12:00:00.000Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "fingerprint": hashlib.sha256(h.encode()).hexdigest()[:16],
+        }
+        for h in hosts
+    ]  # fmt: skip
+    return json.dumps(
+        {
+            "version": "4",
+            "groupKey": '{}:{alertname="HttpProbeFailed"}',
+            "status": "firing",
+            "receiver": "veris-remediate",
+            "groupLabels": {"alertname": "HttpProbeFailed"},
+            "commonLabels": {"alertname": "HttpProbeFailed", "service": "nginx"},
+            "commonAnnotations": {},
+            "externalURL": "http://127.0.0.1:9093",
+            "alerts": alerts,
+        }
+    )

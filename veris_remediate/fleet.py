@@ -27,12 +27,11 @@ from .exceptions import EscalatedError, VerisError
 from .guards import HostBusy
 from .planner import PlaybookStep, RemediationPlan, apply_step, rollback_step
 from .report import RemediationResult
-from .resources import playbooks_dir, roles_dir
 from .routing import Route
-from .runner import RunRequest, RunResult
+from .runner import RunResult
 
 if TYPE_CHECKING:
-    from .pipeline import Access, Ready, Remediator, RollBack, _Remediation
+    from .pipeline import Ready, Remediator, RollBack, _Remediation
 
 Slot = tuple[str, Route]  # (INDEX-HOST, route), as pipeline._process numbers them
 
@@ -253,19 +252,7 @@ class _Fleet:
             self.run_id, self.group, first.phase, first.check, by_host,
             idle_timeout=o.settings.idle_timeout,
         )  # fmt: skip
-        access: Access = self.access
-        request = RunRequest(
-            phase=first.phase,
-            private_data_dir=prepared.private_data_dir,
-            playbook=playbooks_dir() / first.playbook,
-            inventories=(*o.inventory.sources, prepared.target_inventory),
-            check=first.check,
-            roles_path=roles_dir(),
-            control_dir=access.control_dir,
-            job_timeout=o.settings.job_timeout,
-            ssh_identity=access.certificate.identity_file if access.certificate else None,
-            ssh_certificate=access.certificate.certificate_file if access.certificate else None,
-        )
+        request = o.run_request(first, prepared, self.access)
         slot_dirs = {h: o.workspace.run_dir(self.run_id) / slot for h, (slot, _) in by_host.items()}
         try:
             with _reports_to(o, prepared.private_data_dir, slot_dirs):

@@ -42,7 +42,7 @@ from .sshca import Certificate, run_certificate
 from .store import Approval, StateStore, operator
 from .targeting import resolve_target
 from .verify import assess_apply, assess_rollback, findings, taken_snapshot
-from .workspace import History, Workspace
+from .workspace import History, PreparedStep, Workspace
 
 Mode = Literal["handle", "check_only", "diagnose"]
 # What a payload may be handed in as (see ``payload_bytes``).
@@ -522,6 +522,21 @@ class Remediator:
         finally:
             close_control_masters(control)
 
+    def run_request(self, step: PlaybookStep, prepared: PreparedStep, access: Access) -> RunRequest:
+        """What the executor runs for ``step`` (of one host, or of a fleet's hosts)."""
+        return RunRequest(
+            phase=step.phase,
+            private_data_dir=prepared.private_data_dir,
+            playbook=playbooks_dir() / step.playbook,
+            inventories=(*self.inventory.sources, prepared.target_inventory),
+            check=step.check,
+            roles_path=roles_dir(),
+            control_dir=access.control_dir,
+            job_timeout=self.settings.job_timeout,
+            ssh_identity=access.certificate.identity_file if access.certificate else None,
+            ssh_certificate=access.certificate.certificate_file if access.certificate else None,
+        )
+
     def run_step(
         self,
         run_id: str,
@@ -534,18 +549,7 @@ class Remediator:
         prepared = self.workspace.prepare_step(
             run_id, slot, step, targets, idle_timeout=self.settings.idle_timeout
         )
-        request = RunRequest(
-            phase=step.phase,
-            private_data_dir=prepared.private_data_dir,
-            playbook=playbooks_dir() / step.playbook,
-            inventories=(*self.inventory.sources, prepared.target_inventory),
-            check=step.check,
-            roles_path=roles_dir(),
-            control_dir=access.control_dir,
-            job_timeout=self.settings.job_timeout,
-            ssh_identity=access.certificate.identity_file if access.certificate else None,
-            ssh_certificate=access.certificate.certificate_file if access.certificate else None,
-        )
+        request = self.run_request(step, prepared, access)
         try:
             result = self.executor.run(request)
         finally:

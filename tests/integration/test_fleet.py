@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import nginx_down_group, run_cli
 from tests.integration.conftest import LabHandle, _require_lab, _worker_lab
 from veris_remediate.lab import Lab
 from veris_remediate.store import StateStore
@@ -39,35 +39,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
         the_lab.down()
 
 
-def _group(hosts: list[str], summaries: dict[str, str]) -> str:
-    """One Alertmanager group: nginx's HTTP probe failing on each of ``hosts``."""
-    alerts = [
-        {
-            "status": "firing",
-            "labels": {"alertname": "HttpProbeFailed", "instance": f"http://{h}/",
-                       "job": "blackbox-http", "severity": "critical", "service": "nginx"},
-            "annotations": {"summary": summaries.get(h, f"HTTP probe of http://{h}/ failing")},
-            "startsAt": "2026-11-29T12:00:00.000Z",
-            "endsAt": "0001-01-01T00:00:00Z",
-            "fingerprint": f"f1ee7{i:011x}",
-        }
-        for i, h in enumerate(hosts)
-    ]  # fmt: skip
-    return json.dumps(
-        {
-            "version": "4",
-            "groupKey": '{}:{alertname="HttpProbeFailed"}',
-            "status": "firing",
-            "receiver": "veris-remediate",
-            "groupLabels": {"alertname": "HttpProbeFailed"},
-            "commonLabels": {"alertname": "HttpProbeFailed", "service": "nginx"},
-            "commonAnnotations": {},
-            "externalURL": "http://127.0.0.1:9093",
-            "alerts": alerts,
-        }
-    )
-
-
 def _audit(state_dir: Path, run_id: str) -> list[dict[str, Any]]:
     lines = (state_dir / "audit.jsonl").read_text().splitlines()
     return [e for e in map(json.loads, lines) if e.get("run_id") == run_id]
@@ -87,7 +58,7 @@ def test_one_check_run_one_apply_run_and_only_the_failed_host_rolled_back(
     try:
         result = run_cli(
             state_dir, "handle", "-", "-i", str(fleet.inventory), "--json",
-            stdin=_group([h1, h2, h3], {h2: hostile}),
+            stdin=nginx_down_group([h1, h2, h3], {h2: hostile}),
         )  # fmt: skip
         report = result.json
         assert result.rc == 5, (result.stdout, result.stderr)
@@ -153,7 +124,7 @@ def test_a_busy_host_defers_alone(fleet: LabHandle, state_dir: Path) -> None:
     try:
         result = run_cli(
             state_dir, "handle", "-", "-i", str(fleet.inventory), "--json",
-            stdin=_group([h1, h2, h3], {}),
+            stdin=nginx_down_group([h1, h2, h3], {}),
         )  # fmt: skip
         by_host = {r["host"]: r for r in result.json["remediations"]}
         assert by_host[h2]["outcome"] == "deferred"
