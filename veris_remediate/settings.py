@@ -86,6 +86,9 @@ class Settings(BaseModel):
     # A claimed queue row whose owner has not renewed its heartbeat for this long (a
     # receiver on another machine that died) goes back to the queue.
     serve_claim_ttl_seconds: int = Field(default=120, ge=10, le=86_400)
+    # A worker that claims an incident also claims the queued incidents of the same alert
+    # name on other hosts (up to max_hosts in all) and runs them as one fleet payload.
+    serve_fleet: bool = True
 
     # Runs on an execution node (execnode.py, docs/SCALING.md): ssh://[user@]host[:port];
     # unset, ansible-runner runs here. The key logs the controller in to the node; the
@@ -144,6 +147,7 @@ ENV_MAP: Mapping[str, str] = {
     "VERIS_SERVE_DEDUPE_WINDOW_SECONDS": "serve_dedupe_window_seconds",
     "VERIS_SERVE_RETENTION_HOURS": "serve_retention_hours",
     "VERIS_SERVE_CLAIM_TTL_SECONDS": "serve_claim_ttl_seconds",
+    "VERIS_SERVE_FLEET": "serve_fleet",
     "VERIS_EXECUTION_NODE": "execution_node",
     "VERIS_EXECUTION_NODE_KEY_FILE": "execution_node_key_file",
     "VERIS_EXECUTION_NODE_SSH_ARGS": "execution_node_ssh_args",

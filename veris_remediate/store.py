@@ -21,7 +21,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -222,6 +222,30 @@ def _queue_entry(row: Row) -> QueueEntry:
     return QueueEntry(**dict(row))
 
 
+# Rows ``claim`` may take: queued, the oldest queued row of their host, none of their host
+# running (a row without a host waits for nothing).
+_CLAIMABLE = (
+    "SELECT * FROM queue q WHERE status = 'queued' AND (host IS NULL OR NOT EXISTS "
+    "(SELECT 1 FROM queue r WHERE r.status = 'running' AND r.host = q.host)) "
+    "AND NOT EXISTS (SELECT 1 FROM queue e WHERE e.status = 'queued' "
+    "AND e.host = q.host AND e.id < q.id)"
+)
+
+
+def _claimed(db: Db, entry_id: int) -> QueueEntry:
+    """Mark a queued row claimed by this process (in the caller's transaction)."""
+    t = _iso(now())
+    db.execute(
+        "UPDATE queue SET status = 'running', started = ?, heartbeat = ?, owner = ?, "
+        "attempts = attempts + 1 WHERE id = ?",
+        (t, t, process_owner(), entry_id),
+    )
+    row = db.execute("SELECT * FROM queue WHERE id = ?", (entry_id,)).fetchone()
+    if row is None:  # updated in this very transaction: cannot happen
+        raise StateError(f"queue entry {entry_id} vanished while being claimed")
+    return _queue_entry(row)
+
+
 def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     """``INSERT … ON CONFLICT (key) DO UPDATE``: a whole-row replace both databases run."""
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
@@ -320,24 +344,46 @@ class _QueueMixin:
     def claim(self) -> QueueEntry | None:
         """The oldest queued incident whose host has nothing running (per-host order)."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT * FROM queue q WHERE status = 'queued' AND (host IS NULL OR NOT EXISTS "
-                "(SELECT 1 FROM queue r WHERE r.status = 'running' AND r.host = q.host)) "
-                "AND NOT EXISTS (SELECT 1 FROM queue e WHERE e.status = 'queued' "
-                "AND e.host = q.host AND e.id < q.id) ORDER BY id LIMIT 1"
-            ).fetchone()
+            row = db.execute(_CLAIMABLE + " ORDER BY id LIMIT 1").fetchone()
             if row is None:
                 return None
-            t = _iso(now())
-            db.execute(
-                "UPDATE queue SET status = 'running', started = ?, heartbeat = ?, owner = ?, "
-                "attempts = attempts + 1 WHERE id = ?",
-                (t, t, process_owner(), row["id"]),
-            )
-            claimed = db.execute("SELECT * FROM queue WHERE id = ?", (row["id"],)).fetchone()
-        if claimed is None:  # updated in this very transaction: cannot happen
-            raise StateError(f"queue entry {row['id']} vanished while being claimed")
-        return _queue_entry(claimed)
+            return _claimed(db, row["id"])
+
+    def claim_fleet(
+        self,
+        limit: int,
+        *,
+        joins: Callable[[Sequence[QueueEntry], QueueEntry], bool] | None = None,
+    ) -> list[QueueEntry]:
+        """``claim``, and with it up to ``limit - 1`` companions, in one transaction: rows
+        claimable now by the same per-host order (each its host's oldest queued row, no
+        running row on its host), on other hosts, of the same alert name (the incident
+        key's first ``|`` field), oldest first. ``joins(claimed so far, candidate)`` may
+        refuse a candidate (it runs inside the transaction: keep it quick). Empty when
+        nothing is claimable; the first row alone when it has no host or ``limit`` is 1."""
+        with self._tx() as db:
+            row = db.execute(_CLAIMABLE + " ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return []
+            claimed = [_claimed(db, row["id"])]
+            first = claimed[0]
+            if first.host is None or limit <= 1:
+                return claimed
+            prefix = first.incident.split("|", 1)[0] + "|"
+            candidates = db.execute(
+                _CLAIMABLE + " AND q.host IS NOT NULL AND q.host <> ? "
+                "AND substr(q.incident, 1, length(CAST(? AS TEXT))) = ? ORDER BY id LIMIT ?",
+                (first.host, prefix, prefix, 4 * limit),
+            ).fetchall()
+            hosts: set[str | None] = {first.host}
+            for candidate in map(_queue_entry, candidates):
+                if len(claimed) >= limit:
+                    break
+                if candidate.host in hosts or (joins is not None and not joins(claimed, candidate)):
+                    continue
+                claimed.append(_claimed(db, candidate.id))
+                hosts.add(candidate.host)
+            return claimed
 
     def finish(
         self,

@@ -18,22 +18,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
+import json
 import logging
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+from ..alerts import MAX_ALERTS, MAX_PAYLOAD_BYTES, Source, parse_payload
 from ..audit import AuditLog
 from ..exceptions import VerisError
+from ..fleet import fleet_ready
 from ..guards import Guards
 from ..inventory import Inventory
 from ..metrics import Metrics
 from ..notify import Notifier
 from ..pipeline import Remediator
-from ..report import RunReport
+from ..report import PhaseRecord, RunReport, build_report, worst
 from ..settings import Settings, default_state_dir
 from ..store import BrakeState, Lease, QueueEntry, StateStore, now, owner_alive, process_owner
 from .intake import queued_only
@@ -86,6 +90,13 @@ class _Job:
     deferrals: int = 0
     not_before: float = 0.0  # loop time
     reason: str = ""
+    # Rows claimed with ``entry`` (``StateStore.claim_fleet``): one payload, one run.
+    companions: tuple[QueueEntry, ...] = ()
+    settled: set[int] = field(default_factory=set)  # rows of it finished, re-queued or held
+
+    @property
+    def entries(self) -> tuple[QueueEntry, ...]:
+        return (self.entry, *self.companions)
 
 
 @dataclass
@@ -120,11 +131,15 @@ class WorkerPool:
         make = make_remediator or (lambda: ServeRemediator(inventory, settings))
         self._idle: list[Remediator] = [make() for _ in range(settings.serve_workers)]
         self._recoverer = recoverer or Remediator(inventory, settings)
+        # Fleets need the local runner (fleet.fleet_ready): on an execution node the rows
+        # of one payload would run one after another in one worker, not side by side.
+        self._fleet = settings.serve_fleet and all(fleet_ready(r) for r in self._idle)
         self._hosts = frozenset(inventory.hosts)
         self._threads = ThreadPoolExecutor(
             settings.serve_workers + 1, thread_name_prefix="veris-serve-run"
         )
         self._running: dict[int, tuple[_Job, Remediator, asyncio.Task[None]]] = {}
+        self._serial = itertools.count()  # the keys of ``_running``
         self._held: list[_Job] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -173,7 +188,7 @@ class WorkerPool:
             await self.db.run(self.db.store.requeue, job.entry.id, "serve stopped before its turn")
         self._held.clear()
         # A claim the cancelled dispatcher made but never started: back to the queue too.
-        await self.db.run(_requeue_own, self.db.store, set(self._running))
+        await self.db.run(_requeue_own, self.db.store, self._running_ids())
         pending = [task for _, _, task in self._running.values()]
         if pending:
             logger.info("waiting up to %ss for %d run(s) in flight", drain_seconds, len(pending))
@@ -192,6 +207,9 @@ class WorkerPool:
         if left:
             logger.error("%d run(s) still in flight; the next start recovers them", left)
         return left == 0
+
+    def _running_ids(self) -> set[int]:
+        return {e.id for job, _, _ in self._running.values() for e in job.entries}
 
     def interrupt(self) -> None:
         """Cancel the fix runs in flight (each is rolled back and its incident re-queued)."""
@@ -255,6 +273,14 @@ class WorkerPool:
                 self._held.remove(job)
                 self._launch(job)
         while self._idle and not self.state.stopping:
+            if self._fleet:
+                claimed = await self.db.run(
+                    self.db.store.claim_fleet, self.settings.max_hosts, joins=joins
+                )
+                if not claimed:
+                    return
+                self._launch(_Job(claimed[0], companions=tuple(claimed[1:])))
+                continue
             entry = await self.db.run(self.db.store.claim)
             if entry is None:
                 return
@@ -262,8 +288,9 @@ class WorkerPool:
 
     def _launch(self, job: _Job) -> None:
         remediator = self._idle.pop()
-        task = asyncio.create_task(self._run(job, remediator), name=f"incident-{job.entry.id}")
-        self._running[job.entry.id] = (job, remediator, task)
+        key = next(self._serial)
+        task = asyncio.create_task(self._run(job, remediator, key), name=f"incident-{job.entry.id}")
+        self._running[key] = (job, remediator, task)
         self._sync_counts()
 
     def _sync_counts(self) -> None:
@@ -278,7 +305,7 @@ class WorkerPool:
 
     # -- one incident ---------------------------------------------------------------------
 
-    async def _run(self, job: _Job, remediator: Remediator) -> None:
+    async def _run(self, job: _Job, remediator: Remediator, key: int) -> None:
         try:
             await self._attempt(job, remediator)
         except Exception as exc:  # the state store or audit log failed around the run
@@ -286,22 +313,51 @@ class WorkerPool:
                 await self._raised(job, exc)
         finally:
             remediator.terminating = False
-            self._running.pop(job.entry.id, None)
+            self._running.pop(key, None)
             self._idle.append(remediator)
             self._sync_counts()
             self.wake()
 
     async def _attempt(self, job: _Job, remediator: Remediator) -> None:
-        entry = job.entry
-        holder = await self.db.run(_held_elsewhere, self.db.store, entry.host)
-        if holder is not None:
-            self._defer(job, f"{entry.host} is held by {holder.owner} ({holder.run_id})")
+        if job.companions and not await self._part_held(job):
             return
+        entry = job.entry
+        if not job.companions:
+            holder = await self.db.run(_held_elsewhere, self.db.store, entry.host)
+            if holder is not None:
+                self._defer(job, f"{entry.host} is held by {holder.owner} ({holder.run_id})")
+                return
         started = time.monotonic()
-        logger.info("incident #%d: remediating %s on %s", entry.id, _alert(entry), entry.host)
         loop = asyncio.get_running_loop()
-        report = await loop.run_in_executor(self._threads, _handle, remediator, entry)
-        await self._finished(job, remediator, report, time.monotonic() - started)
+        if not job.companions:
+            logger.info("incident #%d: remediating %s on %s", entry.id, _alert(entry), entry.host)
+            report = await loop.run_in_executor(self._threads, _handle, remediator, entry)
+            await self._finished(job, remediator, report, time.monotonic() - started)
+            return
+        logger.info(
+            "incidents %s: remediating %s on %s, as one fleet",
+            ", ".join(f"#{e.id}" for e in job.entries), _alert(entry),
+            ", ".join(str(e.host) for e in job.entries),
+        )  # fmt: skip
+        report = await loop.run_in_executor(self._threads, _handle_fleet, remediator, job.entries)
+        await self._fleet_finished(job, remediator, report, time.monotonic() - started)
+
+    async def _part_held(self, job: _Job) -> bool:
+        """Rows of a fleet whose host another live process holds wait apart, each deferred
+        on its own; the rest run together. False when none is left to run."""
+        free: list[QueueEntry] = []
+        for entry in job.entries:
+            holder = await self.db.run(_held_elsewhere, self.db.store, entry.host)
+            if holder is None:
+                free.append(entry)
+                continue
+            apart = _Job(entry, tries=job.tries)
+            self._defer(apart, f"{entry.host} is held by {holder.owner} ({holder.run_id})")
+            job.settled.add(entry.id)
+        if not free:
+            return False
+        job.entry, job.companions, job.settled = free[0], tuple(free[1:]), set()
+        return True
 
     def _defer(self, job: _Job, reason: str) -> None:
         job.deferrals += 1
@@ -310,12 +366,32 @@ class WorkerPool:
             logger.info("incident #%d deferred (%s); again in %.0fs", job.entry.id, reason, delay)
         self._hold(job, delay, reason)
 
+    async def _fleet_finished(
+        self, job: _Job, remediator: Remediator, report: RunReport, seconds: float
+    ) -> None:
+        """One run of several rows: each row is finished (or deferred, or re-queued) by its
+        own host's result, as if it had run alone; the run is counted once."""
+        self.metrics.run_finished(report)
+        for entry in job.entries:
+            part = _Job(
+                entry, tries=job.tries, deferrals=job.deferrals if entry is job.entry else 0
+            )
+            await self._settle(part, remediator, row_report(report, entry), seconds)
+            job.settled.add(entry.id)
+
     async def _finished(
         self, job: _Job, remediator: Remediator, report: RunReport, seconds: float
     ) -> None:
+        self.metrics.run_finished(report)
+        await self._settle(job, remediator, report, seconds)
+
+    async def _settle(
+        self, job: _Job, remediator: Remediator, report: RunReport, seconds: float
+    ) -> None:
+        """Finish one row by its report: deferred (held, or re-queued when stopping),
+        interrupted by shutdown (re-queued), or done with its outcome."""
         entry = job.entry
         store = self.db.store
-        self.metrics.run_finished(report)
         if report.outcome == "deferred" and not self.state.stopping:
             self._defer(job, "; ".join(report.reasons)[:200] or "host busy")
             return
@@ -351,6 +427,10 @@ class WorkerPool:
         return shlex.join([*words, "report", run_id])
 
     async def _raised(self, job: _Job, exc: Exception) -> None:
+        left = [e for e in job.entries if e.id not in job.settled]
+        if not left:  # a fleet's rows were all settled before it raised
+            return
+        job.entry, job.companions, job.settled = left[0], tuple(left[1:]), set()
         entry = job.entry
         job.tries += 1
         message = exc.message if isinstance(exc, VerisError) else f"{type(exc).__name__}: {exc}"
@@ -364,11 +444,13 @@ class WorkerPool:
             self._hold(job, delay, message)
             return
         if self.state.stopping:
-            await self.db.run(self.db.store.requeue, entry.id, message[:500])
+            for one in job.entries:
+                await self.db.run(self.db.store.requeue, one.id, message[:500])
             return
-        await self.db.run(self.db.store.finish, entry.id, "failed", error=message[:2000])
-        await self._audit("serve.failed", entry, None, error=message[:500])
-        logger.error("incident #%d failed after %d tries: %s", entry.id, job.tries, message[:300])
+        for one in job.entries:
+            await self.db.run(self.db.store.finish, one.id, "failed", error=message[:2000])
+            await self._audit("serve.failed", one, None, error=message[:500])
+            logger.error("incident #%d failed after %d tries: %s", one.id, job.tries, message[:300])
 
     async def _audit(self, kind: str, entry: QueueEntry, run_id: str | None, **data: Any) -> None:
         record = {"queue_id": entry.id, "incident": entry.incident, "host": entry.host, **data}
@@ -450,6 +532,87 @@ def _alert(entry: QueueEntry) -> str:
 
 def _handle(remediator: Remediator, entry: QueueEntry) -> RunReport:
     return remediator.handle(entry.payload, only=set(queued_only(entry.payload)))
+
+
+# -- fleets: rows of one alert name on several hosts, run as one payload ---------------------
+
+
+def _fleet_part(entry: QueueEntry) -> tuple[Source, str, str | None] | None:
+    """(source, alert name, ``service`` label) of a row that can ride in a fleet payload: a
+    webhook of one firing alert (as ``intake.split`` queues it); None for any other row.
+    The service is part of it so that rows of one alert name about different services
+    (which route to different fixes) run side by side on two workers, not one after the
+    other in one fleet run."""
+    try:
+        data = json.loads(entry.payload)
+        if not isinstance(data, dict) or isinstance(data.get("client_payload"), dict):
+            return None
+        items = data.get("alerts")
+        if not isinstance(items, list) or len(items) != 1:
+            return None
+        batch = parse_payload(entry.payload)
+    except (ValueError, VerisError):
+        return None
+    if len(batch.firing) != 1 or batch.resolved:
+        return None
+    alert = batch.firing[0]
+    return batch.source, alert.name, alert.labels.get("service")
+
+
+def joins(chosen: Sequence[QueueEntry], candidate: QueueEntry) -> bool:
+    """Whether ``candidate`` may join the rows ``chosen`` (the first one's envelope) in one
+    webhook payload: the same source, alert name and service, within the payload limits."""
+    first, other = _fleet_part(chosen[0]), _fleet_part(candidate)
+    if first is None or other is None or first != other:
+        return False
+    size = sum(len(e.payload) for e in chosen) + len(candidate.payload)
+    return len(chosen) < MAX_ALERTS and size <= MAX_PAYLOAD_BYTES
+
+
+def fleet_payload(entries: Sequence[QueueEntry]) -> tuple[bytes, set[str]]:
+    """The first row's webhook envelope with every row's alert, and the incident keys the
+    run acts on (each row's ``queued_only``)."""
+    envelope = json.loads(entries[0].payload)
+    envelope["alerts"] = [json.loads(e.payload)["alerts"][0] for e in entries]
+    envelope["status"] = "firing"
+    only = {key for e in entries for key in queued_only(e.payload)}
+    return json.dumps(envelope, separators=(",", ":")).encode(), only
+
+
+def _handle_fleet(remediator: Remediator, entries: Sequence[QueueEntry]) -> RunReport:
+    payload, only = fleet_payload(entries)
+    return remediator.handle(payload, only=only)
+
+
+def row_report(report: RunReport, entry: QueueEntry) -> RunReport:
+    """One row's share of a fleet run's report: the results about its alert (by fingerprint,
+    on its host) and those about the payload as a whole; the whole report if none is."""
+    results = [
+        r for r in report.remediations
+        if (r.fingerprint is None and r.host is None)
+        or (r.fingerprint == entry.fingerprint and r.host in (entry.host, None))
+    ]  # fmt: skip
+    if not results:
+        return report
+    return build_report(
+        run_id=report.run_id,
+        started_at=report.started_at,
+        finished_at=report.finished_at,
+        source=report.source,
+        check_only=report.check_only,
+        results=results,
+        phases=_run_phases(report),
+    )
+
+
+def _run_phases(report: RunReport) -> Sequence[PhaseRecord]:
+    """The payload's own phases (``build_report`` appends the worst result's to them)."""
+    if not report.remediations:
+        return report.phases
+    head = worst(report.remediations).phases
+    if head and report.phases[-len(head) :] == head:
+        return report.phases[: -len(head)]
+    return report.phases
 
 
 def _held_elsewhere(store: StateStore, host: str | None) -> Lease | None:
