@@ -17,7 +17,7 @@ demo: setup
 # the benchmark's (bn), and the molecule scenarios' shared hosts, mol<worker><slot>
 # (tests/molecule/labs.py: worker "" or a, b under pytest-xdist; slot "", p, d, pd, s).
 MOL_PREFIXES := $(foreach w,mol mola molb,$(w) $(w)p $(w)d $(w)pd $(w)s)
-LAB_PREFIXES := lab labb fx fxb lt lf bn ca ux xn fu fub ft $(MOL_PREFIXES)
+LAB_PREFIXES := lab labb fx fxb lt lf bn ca ux xn fu fub ft sf sfb $(MOL_PREFIXES)
 
 # Lint first (cheap); then unit and molecule tests on two pytest-xdist workers (they mostly
 # wait on ansible and ssh; each worker boots its own molecule hosts), then the integration
