@@ -6,6 +6,9 @@ Three sides, each starting from every target's nginx stopped (set up untimed):
   (a fleet: one check run and one apply run over all N hosts, fleet.py);
 - separate: N payloads of one alert each, N ``handle`` calls, ``--jobs`` at a time
   (default 2, as many as ``serve`` has workers by default: VERIS_SERVE_WORKERS);
+- serve: N payloads of one alert each posted at once into a real ``veris-remediate serve``
+  (default workers): its workers claim the same alert on other hosts as a fleet, up to
+  ``VERIS_MAX_HOSTS`` (serve/worker.py); time runs until every queue row is done;
 - one: one payload, one alert, one host (host 1).
 
 Time runs from the first ``handle`` start to the last one's exit; every host must then
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers import nginx_down_group as payload  # noqa: E402
+from tests.serving import ServeProcess  # noqa: E402
 from veris_remediate.lab import Lab  # noqa: E402
 
 
@@ -99,6 +103,34 @@ class Bench:
             return {"remediations": [], "error": out.stderr[-500:]}
         return report
 
+    def serve(self, state: Path, texts: Sequence[str]) -> tuple[list[dict[str, Any]], float]:
+        """Post every payload into a fresh serve at once; wait until every row is done.
+        One pseudo-report per row (its host and outcome), as ``handle`` would give, and the
+        seconds from the first post (serve's own start-up is not counted)."""
+        state.mkdir(parents=True)
+        env = {"VERIS_MAX_HOSTS": str(len(self.hosts))}
+        with ServeProcess(
+            state / "state", self.inventory, token="bench-token-" + "0" * 16, env=env
+        ) as srv:
+            start = time.monotonic()
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                posted = list(pool.map(lambda t: srv.post(t.encode(), timeout=60), texts))
+            if any(status != 202 for status, _ in posted):
+                return [{"remediations": [], "error": f"posts answered {posted}"}], 0.0
+            deadline = time.monotonic() + 1800
+            while True:
+                rows = srv.entries()
+                if len(rows) >= len(texts) and all(r.status not in ("queued", "running")
+                                                   for r in rows):  # fmt: skip
+                    break
+                if time.monotonic() > deadline:
+                    return [{"remediations": [], "error": "serve did not finish in 1800 s"}], 0.0
+                time.sleep(0.1)
+            seconds = time.monotonic() - start
+        runs = len({r.run_id for r in rows})
+        print(f"  serve: {len(rows)} rows in {runs} run(s) (fleets)", file=sys.stderr)
+        return [{"remediations": [{"host": r.host, "outcome": r.outcome}]} for r in rows], seconds
+
     def side(self, name: str, jobs: int) -> tuple[float, list[str], dict[str, float]]:
         """One timed round: seconds, the hosts not resolved, and the phases' seconds (plus
         ``cpu-controller``/``cpu-hosts``: CPU seconds of the handle processes and their
@@ -111,9 +143,12 @@ class Bench:
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         host0 = self.host_cpu(targets)
         start = time.monotonic()
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            reports = list(pool.map(lambda t: self.handle(state, t), texts))
-        seconds = time.monotonic() - start
+        if name == "serve":
+            reports, seconds = self.serve(state, texts)
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                reports = list(pool.map(lambda t: self.handle(state, t), texts))
+            seconds = time.monotonic() - start
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = {
             "cpu-controller": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
@@ -143,15 +178,15 @@ def main() -> int:
         default=2,
         help="separate payloads handled at once (default 2, serve's workers)",
     )
-    ap.add_argument("--sides", default="one,group,separate", help="sides to run, in order")
+    ap.add_argument("--sides", default="one,group,serve,separate", help="sides, in order")
     ap.add_argument("--lab-state-dir", type=Path, help="use (and keep) this lab")
     ap.add_argument("--prefix", default="ft", help="lab host prefix (default ft)")
     ap.add_argument("--first-subnet", type=int, default=220, help="lab subnet (default 220)")
     ap.add_argument("--json", type=Path, help="also write every measurement to this file")
     args = ap.parse_args()  # fmt: skip
     sides = [s for s in args.sides.split(",") if s]
-    if set(sides) - {"one", "group", "separate"}:
-        ap.error("sides are one, group, separate")
+    if set(sides) - {"one", "group", "separate", "serve"}:
+        ap.error("sides are one, group, separate, serve")
     work = Path(tempfile.mkdtemp(prefix="veris-bench-fleet-"))
     cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
     lab = Lab(args.lab_state_dir or work / "lab", cache, prefix=args.prefix,
@@ -182,6 +217,7 @@ def main() -> int:
             "one": "one host, one alert",
             "group": f"one payload, one group of {n} alerts (fleet)",
             "separate": f"{n} payloads, {n} handle calls, {args.jobs} at once",
+            "serve": f"{n} payloads posted into serve at once",
         }
         for s in sides:
             ratio = f"{med[s] / med['one']:.2f}x" if "one" in med and s != "one" else ""
