@@ -8,13 +8,16 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.pgserver import PgServer, pgserver
 from veris_remediate.exceptions import LabError
 from veris_remediate.lab import Lab, require_root_and_tools
+from veris_remediate.store import StateStore
 
 
 class LabHandle:
@@ -112,3 +115,68 @@ def feature_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]
         yield LabHandle(the_lab, inventory)
     finally:
         the_lab.down()
+
+
+def own_lab(
+    tmp_path_factory: pytest.TempPathFactory,
+    hosts: int,
+    env: str,
+    prefix: str,
+    subnet: int,
+) -> Iterator[LabHandle]:
+    """A test file's own lab of ``hosts`` hosts for a module fixture to yield from: prefix
+    and first subnet per xdist worker (``_worker_lab``; ``VERIS_TEST_<env>_PREFIX``/``_SUBNET``
+    override them), removed at the end whatever happens."""
+    _require_lab()
+    cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
+    state = tmp_path_factory.mktemp(f"{prefix}-lab-state")
+    name, first = _worker_lab(
+        f"VERIS_TEST_{env}_PREFIX", prefix, f"VERIS_TEST_{env}_SUBNET", subnet, hosts
+    )
+    the_lab = Lab(state, cache, prefix=name, first_subnet=first)
+    try:
+        inventory = the_lab.up(hosts)
+        yield LabHandle(the_lab, inventory)
+    finally:
+        the_lab.down()
+
+
+# -- one estate's state, on SQLite and on a real PostgreSQL ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    with pgserver() as server:
+        yield server
+
+
+class Estate:
+    """One estate's state: every ``open()`` is another receiver's view of it."""
+
+    def __init__(self, state_dir: Path, url: str | None) -> None:
+        self.state_dir = state_dir
+        self.url = url
+        self._stores: list[StateStore] = []
+
+    def open(self) -> StateStore:
+        store = StateStore(self.state_dir, url=self.url)
+        self._stores.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self._stores:
+            store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def estate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Estate]:
+    """The test runs twice: on SQLite in the state dir, and on a fresh PostgreSQL database."""
+    url = None
+    if request.param == "postgresql":
+        server: PgServer = request.getfixturevalue("pg")
+        url = server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    the_estate = Estate(tmp_path / "state", url)
+    try:
+        yield the_estate
+    finally:
+        the_estate.close()

@@ -7,7 +7,6 @@ on 138-140; VERIS_TEST_FLEET_LAB_PREFIX/_SUBNET override them), booted for this 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import nginx_down_group, run_cli
-from tests.integration.conftest import LabHandle, _require_lab, _worker_lab
-from veris_remediate.lab import Lab
+from tests.integration.conftest import LabHandle, own_lab
 from veris_remediate.store import StateStore
 
 pytestmark = pytest.mark.integration
@@ -25,18 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
-    _require_lab()
-    cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
-    state = tmp_path_factory.mktemp("fleet-lab-state")
-    prefix, subnet = _worker_lab(
-        "VERIS_TEST_FLEET_LAB_PREFIX", "fu", "VERIS_TEST_FLEET_LAB_SUBNET", 135, 3
-    )
-    the_lab = Lab(state, cache, prefix=prefix, first_subnet=subnet)
-    try:
-        inventory = the_lab.up(3)
-        yield LabHandle(the_lab, inventory)
-    finally:
-        the_lab.down()
+    yield from own_lab(tmp_path_factory, 3, "FLEET_LAB", "fu", 135)
 
 
 def _audit(state_dir: Path, run_id: str) -> list[dict[str, Any]]:

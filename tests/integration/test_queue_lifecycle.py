@@ -11,39 +11,16 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import psycopg
-import pytest
 
-from tests.integration.test_state_postgres import Estate
-from tests.pgserver import PgServer, pgserver
+from tests.integration.conftest import Estate
 from veris_remediate.statedb import MIGRATIONS, postgres_ddl
 from veris_remediate.store import SCHEMA_VERSION, StateStore, now, process_owner
 
 ELSEWHERE = "receiver-b.example:4242"  # a process of another machine: alive as far as we know
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with pgserver() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def estate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Estate]:
-    url = None
-    if request.param == "postgresql":
-        server: PgServer = request.getfixturevalue("pg")
-        url = server.create_database(f"q_{uuid.uuid4().hex[:12]}")
-    the_estate = Estate(tmp_path / "state", url)
-    try:
-        yield the_estate
-    finally:
-        the_estate.close()
 
 
 def _set(store: StateStore, entry_id: int, **columns: object) -> None:

@@ -7,42 +7,18 @@ Three hosts of their own (sf1..sf3 on 198.18.142-144.x; a second xdist worker sf
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import nginx_down_group, run_cli
-from tests.integration.conftest import LabHandle, _require_lab, _worker_lab
-from tests.integration.test_state_postgres import Estate
-from tests.pgserver import PgServer, pgserver
+from tests.integration.conftest import Estate, LabHandle, own_lab
 from tests.serving import ServeProcess
-from veris_remediate.lab import Lab
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "serve-fleet-test-token-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with pgserver() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def estate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Estate]:
-    url = None
-    if request.param == "postgresql":
-        server: PgServer = request.getfixturevalue("pg")
-        url = server.create_database(f"sf_{uuid.uuid4().hex[:12]}")
-    the_estate = Estate(tmp_path / "state", url)
-    try:
-        yield the_estate
-    finally:
-        the_estate.close()
 
 
 def test_two_receivers_claim_disjoint_fleets_in_per_host_order(estate: Estate) -> None:
@@ -69,18 +45,7 @@ def test_two_receivers_claim_disjoint_fleets_in_per_host_order(estate: Estate) -
 
 @pytest.fixture(scope="module")
 def serve_fleet_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabHandle]:
-    _require_lab()
-    cache = Path(os.environ.get("VERIS_LAB_CACHE", "/var/cache/veris-remediate"))
-    state = tmp_path_factory.mktemp("serve-fleet-lab-state")
-    prefix, subnet = _worker_lab(
-        "VERIS_TEST_SERVE_FLEET_LAB_PREFIX", "sf", "VERIS_TEST_SERVE_FLEET_LAB_SUBNET", 142, 3
-    )
-    the_lab = Lab(state, cache, prefix=prefix, first_subnet=subnet)
-    try:
-        inventory = the_lab.up(3)
-        yield LabHandle(the_lab, inventory)
-    finally:
-        the_lab.down()
+    yield from own_lab(tmp_path_factory, 3, "SERVE_FLEET_LAB", "sf", 142)
 
 
 def test_one_webhook_for_three_hosts_is_one_fleet_run(

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 from tests.helpers import run_cli
 from tests.integration.conftest import LabHandle
-from tests.pgserver import PgServer, pgserver
+from tests.pgserver import PgServer
 from tests.serving import ServeProcess, alertmanager_payload
 from veris_remediate.store import QueueEntry, StateStore, now
 
@@ -31,12 +30,6 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "serve-pg-test-token-0123456789abcdef"
 ELSEWHERE = "receiver-c.example:4242"  # a receiver on another machine
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with pgserver() as server:
-        yield server
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.pgserver import PgServer, pgserver
+from tests.integration.conftest import Estate
+from tests.pgserver import PgServer
 from veris_remediate.settings import settings_from_env
 from veris_remediate.store import (
     SCHEMA_VERSION,
@@ -34,43 +34,6 @@ from veris_remediate.store import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    with pgserver() as server:
-        yield server
-
-
-class Estate:
-    """One estate's state: every ``open()`` is another receiver's view of it."""
-
-    def __init__(self, state_dir: Path, url: str | None) -> None:
-        self.state_dir = state_dir
-        self.url = url
-        self._stores: list[StateStore] = []
-
-    def open(self) -> StateStore:
-        store = StateStore(self.state_dir, url=self.url)
-        self._stores.append(store)
-        return store
-
-    def close(self) -> None:
-        for store in self._stores:
-            store.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def estate(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Estate]:
-    url = None
-    if request.param == "postgresql":
-        server: PgServer = request.getfixturevalue("pg")
-        url = server.create_database(f"t_{uuid.uuid4().hex[:12]}")
-    the_estate = Estate(tmp_path / "state", url)
-    try:
-        yield the_estate
-    finally:
-        the_estate.close()
 
 
 # -- processes meeting in one estate ----------------------------------------------------------
