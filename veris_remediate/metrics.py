@@ -26,7 +26,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from .decision import Outcome
-from .report import PhaseRecord, RunReport, worst
+from .report import PhaseRecord, RunReport, run_level_phases
 from .store import BreakerRow, QueueStats
 
 RejectReason = Literal["auth", "size", "payload", "full"]
@@ -59,17 +59,6 @@ def _label(value: str | None, allowed: Iterable[str] | None = None) -> str:
     if allowed is not None:
         return value if value in allowed else OTHER
     return value if _NAME.match(value) else OTHER
-
-
-def _run_level_phases(report: RunReport) -> Sequence[PhaseRecord]:
-    """The payload's own phases: ``build_report`` appends the worst remediation's phases to
-    them, and those are observed with every remediation, so they must not count twice."""
-    if not report.remediations:
-        return report.phases
-    head = worst(report.remediations).phases
-    if head and report.phases[-len(head) :] == head:
-        return report.phases[: -len(head)]
-    return report.phases
 
 
 def _seconds_between(start: str, end: str) -> float | None:
@@ -250,7 +239,8 @@ class Metrics:
         seconds = _seconds_between(report.started_at, report.finished_at)
         if seconds is not None:
             self._run_seconds.observe(seconds)
-        for phase in _run_level_phases(report):
+        # The payload's own phases; each remediation's are observed with it below.
+        for phase in run_level_phases(report):
             self._observe_phase(phase)
         for result in report.remediations:
             fix = _label(result.remediation)

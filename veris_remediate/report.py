@@ -156,6 +156,17 @@ def build_report(
     )
 
 
+def run_level_phases(report: RunReport) -> Sequence[PhaseRecord]:
+    """The payload's own phases: ``build_report`` appends the worst remediation's phases to
+    them (so a reader of ``phases`` sees that remediation's too); this takes them off."""
+    if not report.remediations:
+        return report.phases
+    head = worst(report.remediations).phases
+    if head and report.phases[-len(head) :] == head:
+        return report.phases[: -len(head)]
+    return report.phases
+
+
 def to_json(report: RunReport) -> str:
     return json.dumps(report.model_dump(mode="json"), sort_keys=False)
 

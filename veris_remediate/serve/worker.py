@@ -37,7 +37,7 @@ from ..inventory import Inventory
 from ..metrics import Metrics
 from ..notify import Notifier
 from ..pipeline import Remediator
-from ..report import PhaseRecord, RunReport, build_report, worst
+from ..report import RunReport, build_report, run_level_phases
 from ..settings import Settings, default_state_dir
 from ..store import BrakeState, Lease, QueueEntry, StateStore, now, owner_alive, process_owner
 from .intake import queued_only
@@ -601,18 +601,8 @@ def row_report(report: RunReport, entry: QueueEntry) -> RunReport:
         source=report.source,
         check_only=report.check_only,
         results=results,
-        phases=_run_phases(report),
+        phases=run_level_phases(report),
     )
-
-
-def _run_phases(report: RunReport) -> Sequence[PhaseRecord]:
-    """The payload's own phases (``build_report`` appends the worst result's to them)."""
-    if not report.remediations:
-        return report.phases
-    head = worst(report.remediations).phases
-    if head and report.phases[-len(head) :] == head:
-        return report.phases[: -len(head)]
-    return report.phases
 
 
 def _held_elsewhere(store: StateStore, host: str | None) -> Lease | None:
