@@ -8,9 +8,12 @@ import json
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from veris_remediate.store import Approval
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "alerts"
@@ -92,3 +95,15 @@ def nginx_down_group(hosts: Sequence[str], summaries: Mapping[str, str] | None =
             "alerts": alerts,
         }
     )
+
+
+def pending_approval(host: str = "lab1") -> Approval:
+    """An approval waiting for a person about the example nginx alert on ``host``, for an
+    hour from now."""
+    created = datetime.now(UTC)
+    return Approval(
+        id="20261129T120000Z-abcdef", run_id="20261129T120000Z-abcdef", slot=f"0-{host}",
+        host=host, fix="service_restart", alert="HttpProbeFailed", state="pending",
+        reasons=("low confidence",), preview=(), digest="0" * 64, created=created,
+        expires=created + timedelta(hours=1),
+    )  # fmt: skip

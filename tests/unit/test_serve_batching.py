@@ -8,13 +8,13 @@ import asyncio
 import json
 import os
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import EXAMPLES
+from tests.helpers import EXAMPLES, pending_approval
 from tests.serving import alertmanager_payload
 from tests.unit.test_serve_app import ALERT, _run, _serving
 from tests.unit.test_serve_intake import NOW, _split
@@ -24,7 +24,7 @@ from veris_remediate.guards import Guards
 from veris_remediate.serve import app as serve_app
 from veris_remediate.serve.intake import Posted, accept, accept_many
 from veris_remediate.settings import Settings
-from veris_remediate.store import Approval, QueueRow, StateStore
+from veris_remediate.store import QueueRow, StateStore
 
 KEY = b"k" * 32
 GENERIC = (EXAMPLES / "generic-disk-cache.json").read_bytes()
@@ -36,15 +36,7 @@ class _Estate:
         self.store = StateStore(where)
         self.audit = AuditLog.from_settings(settings)
         self.guards = Guards(self.store, settings, self.audit)
-        created = datetime.now(UTC)
-        self.store.add_approval(
-            Approval(
-                id="20261129T120000Z-abcdef", run_id="20261129T120000Z-abcdef", slot="0-lab1",
-                host="lab1", fix="service_restart", alert="HttpProbeFailed", state="pending",
-                reasons=("low confidence",), preview=(), digest="0" * 64, created=created,
-                expires=created + timedelta(hours=1),
-            )
-        )  # fmt: skip
+        self.store.add_approval(pending_approval())
 
 
 def _requests() -> list[tuple[bytes, datetime]]:

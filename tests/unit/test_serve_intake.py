@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import EXAMPLES, FIXTURES
+from tests.helpers import EXAMPLES, FIXTURES, pending_approval
 from tests.serving import alertmanager_payload
 from veris_remediate.audit import AuditLog
 from veris_remediate.exceptions import RejectedError, UsageError
@@ -18,7 +18,7 @@ from veris_remediate.inventory import Inventory, parse_inventory_listing
 from veris_remediate.serve.auth import BearerAuth, load_token, parse_listen, read_token_file
 from veris_remediate.serve.intake import accept, queued_only, split
 from veris_remediate.settings import Settings
-from veris_remediate.store import Approval, StateStore
+from veris_remediate.store import StateStore
 
 TOKEN = "t" * 24
 NOW = datetime(2026, 11, 29, 12, 5, tzinfo=UTC)
@@ -230,15 +230,7 @@ def test_a_resolved_alert_cancels_queued_work_and_closes_approvals(tmp_path: Pat
     q = _Queue(tmp_path)
     q.accept(alertmanager_payload("http://lab1/"))
     [entry] = q.store.queue_entries("queued")
-    created = datetime.now(UTC)
-    q.store.add_approval(
-        Approval(
-            id="20261129T120000Z-abcdef", run_id="20261129T120000Z-abcdef", slot="0-lab1",
-            host="lab1", fix="service_restart", alert="HttpProbeFailed", state="pending",
-            reasons=("low confidence",), preview=(), digest="0" * 64, created=created,
-            expires=created + timedelta(hours=1),
-        )
-    )  # fmt: skip
+    q.store.add_approval(pending_approval())
     done = q.accept(alertmanager_payload("http://lab1/", status="resolved"))
     assert done.cancelled == (entry.id,)
     assert done.approvals_closed == ("20261129T120000Z-abcdef",)
